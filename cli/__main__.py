@@ -1,0 +1,3 @@
+from mha.cli.app import main
+
+main()
