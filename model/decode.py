@@ -1,0 +1,107 @@
+"""Greedy decoding (with or without the KV cache) and beam search.
+
+Legend: B batch, K beam size, S source length, T target length, V vocabulary size.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from mha.model.masks import padding_mask
+from mha.model.transformer import Transformer
+
+
+def length_limits(src_pad_mask: Tensor, a: float, b: int, max_positions: int) -> Tensor:
+    """(B,) most target tokens per sentence: a * source length + b, within the model's positions."""
+    src_lengths = (~src_pad_mask).sum(dim=1)
+    return (a * src_lengths + b).long().clamp(max=max_positions - 1)
+
+
+@torch.no_grad()
+def greedy(
+    model: Transformer, src_ids: Tensor, *, bos: int, eos: int, max_len_a: float = 1.5,
+    max_len_b: int = 10, use_cache: bool = True,
+) -> list[list[int]]:
+    """Most probable next token, one step at a time. src_ids (B, S) -> B lists of ids (no BOS/EOS).
+
+    Without the cache every step recomputes the whole prefix: same output, quadratic work.
+    """
+    src_pad_mask = padding_mask(src_ids, model.pad_id)
+    memory = model.encode(src_ids, src_pad_mask)  # (B, S, D)
+    limits = length_limits(src_pad_mask, max_len_a, max_len_b, model.cfg.max_positions)
+    tgt = torch.full((src_ids.shape[0], 1), bos, dtype=torch.long, device=src_ids.device)
+    done = torch.zeros(src_ids.shape[0], dtype=torch.bool, device=src_ids.device)
+    cache = model.new_cache() if use_cache else None
+    for step in range(int(limits.max())):
+        logits = model.decode(tgt[:, -1:] if use_cache else tgt, memory, src_pad_mask, cache)
+        next_ids = logits[:, -1].argmax(dim=-1).masked_fill(done, model.pad_id)  # (B,)
+        tgt = torch.cat([tgt, next_ids[:, None]], dim=1)  # (B, step + 2)
+        done |= next_ids.eq(eos) | (limits <= step + 1)
+        if done.all():
+            break
+    return [_strip(row, eos, model.pad_id) for row in tgt[:, 1:].tolist()]
+
+
+@torch.no_grad()
+def beam_search(
+    model: Transformer, src_ids: Tensor, *, beam: int, bos: int, eos: int,
+    max_len_a: float = 1.5, max_len_b: int = 10, length_penalty: float = 1.0,
+) -> list[list[int]]:
+    """Keep the `beam` best prefixes per sentence; finished ones are ranked by
+    log-probability / length ** length_penalty. src_ids (B, S) -> B lists of ids."""
+    B, K = src_ids.shape[0], beam
+    src_pad_mask = padding_mask(src_ids, model.pad_id)
+    memory = model.encode(src_ids, src_pad_mask).repeat_interleave(K, dim=0)  # (B*K, S, D)
+    src_pad_mask = src_pad_mask.repeat_interleave(K, dim=0)  # (B*K, S)
+    limits = length_limits(src_pad_mask, max_len_a, max_len_b, model.cfg.max_positions).view(B, K)[:, 0]
+    cache = model.new_cache()
+    tokens = torch.full((B * K, 1), bos, dtype=torch.long, device=src_ids.device)
+    scores = torch.full((B, K), float("-inf"), device=src_ids.device)
+    scores[:, 0] = 0.0  # all beams start identical: expand only the first
+    finished: list[list[tuple[float, list[int]]]] = [[] for _ in range(B)]
+    for step in range(int(limits.max())):
+        log_probs = model.decode(tokens[:, -1:], memory, src_pad_mask, cache)[:, -1].float()
+        log_probs = log_probs.log_softmax(dim=-1)  # (B*K, V)
+        V = log_probs.shape[-1]
+        candidates = (scores.view(B * K, 1) + log_probs).view(B, K * V)
+        top_scores, top_index = candidates.topk(2 * K, dim=1)  # (B, 2K): enough to refill K
+        new_scores = torch.full((B, K), float("-inf"), device=src_ids.device)
+        origin = torch.arange(B * K, device=src_ids.device).view(B, K) // K * K  # placeholders
+        new_tokens = torch.full((B, K), model.pad_id, dtype=torch.long, device=src_ids.device)
+        for b in range(B):
+            if len(finished[b]) >= K or step >= limits[b]:
+                continue
+            kept = 0
+            for rank, (score, index) in enumerate(zip(top_scores[b].tolist(), top_index[b].tolist())):
+                parent, token = divmod(index, V)
+                length = step + 1
+                if token == eos and rank >= K:  # an ending only counts among the K best (fairseq)
+                    continue
+                if token == eos or length >= limits[b]:
+                    prefix = tokens[b * K + parent, 1:].tolist() + ([] if token == eos else [token])
+                    finished[b].append((score / length ** length_penalty, prefix))
+                    if len(finished[b]) >= K:
+                        break
+                    continue
+                new_scores[b, kept], new_tokens[b, kept] = score, token
+                origin[b, kept] = b * K + parent
+                kept += 1
+                if kept == K:
+                    break
+        if all(len(f) >= K or step + 1 >= limits[b] for b, f in enumerate(finished)):
+            break
+        order = origin.view(-1)
+        cache.reorder(order)
+        tokens = torch.cat([tokens[order], new_tokens.view(-1, 1)], dim=1)  # (B*K, step + 2)
+        scores = new_scores
+    return [max(f)[1] if f else [] for f in finished]
+
+
+def _strip(ids: list[int], eos: int, pad: int) -> list[int]:
+    out = []
+    for token in ids:
+        if token in (eos, pad):
+            break
+        out.append(token)
+    return out

@@ -1,0 +1,109 @@
+"""The Transformer: causality, padding invariance, cached decoding, gradients, learning."""
+
+import dataclasses
+
+import pytest
+import torch
+
+from mha.configs.schema import ModelConfig
+from mha.model import Transformer
+from mha.model.decode import beam_search, greedy
+from mha.model.info import parameter_count
+
+PAD, BOS, EOS, V = 0, 2, 3, 40
+CFG = ModelConfig(d_model=32, heads=4, encoder_layers=2, decoder_layers=2, d_ff=64, dropout=0.0)
+
+
+def make(cfg=CFG, seed=0, **changes):
+    torch.manual_seed(seed)
+    return Transformer(dataclasses.replace(cfg, **changes), V, V).eval()
+
+
+def random_ids(*shape, seed=0):
+    return torch.randint(4, V, shape, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("norm", ["pre", "post"])
+def test_changing_future_targets_leaves_earlier_outputs_unchanged(norm):
+    model = make(norm=norm)
+    src, tgt = random_ids(2, 7), random_ids(2, 9, seed=1)
+    changed = tgt.clone()
+    changed[:, 5:] = random_ids(2, 4, seed=2)
+    before, after = model(src, tgt), model(src, changed)
+    torch.testing.assert_close(before[:, :5], after[:, :5], atol=1e-6, rtol=0)
+    assert not torch.allclose(before[:, 5:], after[:, 5:])
+
+
+def test_padding_leaves_real_positions_unchanged():
+    model = make()
+    src, tgt = random_ids(1, 6), random_ids(1, 5, seed=1)
+    padded_src = torch.cat([src, torch.full((1, 4), PAD)], dim=1)
+    padded_tgt = torch.cat([tgt, torch.full((1, 3), PAD)], dim=1)
+    memory = model.encode(src, src.eq(PAD))
+    padded_memory = model.encode(padded_src, padded_src.eq(PAD))
+    torch.testing.assert_close(padded_memory[:, :6], memory, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(model(padded_src, padded_tgt)[:, :5], model(src, tgt),
+                               atol=1e-5, rtol=1e-5)
+
+
+def test_cached_decoding_equals_full_recomputation_at_every_step():
+    model = make()
+    src = random_ids(3, 8)
+    src[0, 5:] = PAD  # different source lengths in one batch
+    src[1, 3:] = PAD
+    tgt = random_ids(3, 6, seed=1)
+    src_pad = src.eq(PAD)
+    memory = model.encode(src, src_pad)
+    full = model.decode(tgt, memory, src_pad)
+    cache = model.new_cache()
+    for t in range(6):
+        step = model.decode(tgt[:, t:t + 1], memory, src_pad, cache)
+        torch.testing.assert_close(step[:, 0], full[:, t], atol=1e-5, rtol=1e-5)
+
+
+def test_greedy_with_and_without_cache_agree():
+    model = make(seed=3)
+    src = random_ids(4, 7)
+    src[2, 4:] = PAD
+    cached = greedy(model, src, bos=BOS, eos=EOS, use_cache=True)
+    uncached = greedy(model, src, bos=BOS, eos=EOS, use_cache=False)
+    assert cached == uncached
+    assert all(len(out) <= 1.5 * 7 + 10 for out in cached)
+
+
+def test_gradients_reach_every_parameter():
+    model = make(dropout=0.1).train()
+    logits = model(random_ids(2, 5), random_ids(2, 6, seed=1))
+    logits.logsumexp(-1).sum().backward()
+    missing = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum()]
+    assert missing == []
+
+
+@pytest.mark.parametrize("changes", [{}, {"tie_embeddings": False}, {"norm": "post"},
+                                     {"positional": "learned", "heads": 2}])
+def test_parameter_count_matches_the_formula(changes):
+    model = make(**changes)
+    cfg = dataclasses.replace(CFG, **changes)
+    assert sum(p.numel() for p in model.parameters()) == parameter_count(cfg, V, V)
+
+
+def test_tiny_model_overfits_eight_pairs():
+    torch.manual_seed(0)
+    pairs = [(random_ids(1, n, seed=i)[0], random_ids(1, n + 1, seed=100 + i)[0])
+             for i, n in enumerate([3, 4, 5, 6, 4, 5, 3, 6])]
+    src = torch.nn.utils.rnn.pad_sequence([s for s, _ in pairs], batch_first=True)
+    tgt = torch.nn.utils.rnn.pad_sequence(
+        [torch.cat([torch.tensor([BOS]), t, torch.tensor([EOS])]) for _, t in pairs],
+        batch_first=True)
+    model = make(dropout=0.0).train()
+    optimiser = torch.optim.Adam(model.parameters(), lr=3e-3)
+    for _ in range(300):
+        logits = model(src, tgt[:, :-1])
+        loss = torch.nn.functional.cross_entropy(logits.transpose(1, 2), tgt[:, 1:], ignore_index=PAD)
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+    model.eval()
+    expected = [t.tolist() for _, t in pairs]
+    assert greedy(model, src, bos=BOS, eos=EOS) == expected
+    assert beam_search(model, src, beam=3, bos=BOS, eos=EOS) == expected
