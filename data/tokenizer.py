@@ -1,0 +1,182 @@
+"""SentencePiece subwords: train one joint model (or one per side) and map text <-> ids.
+
+Special ids are fixed in every model: PAD=0, UNK=1, BOS=2, EOS=3. Sources are encoded as
+pieces + EOS, targets as BOS + pieces + EOS. The model protos travel as bytes (`to_state`), so a
+checkpoint carries its tokenizer.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import re
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import datasets
+import numpy as np
+import sentencepiece as spm
+
+from mha.configs.schema import DataConfig
+from mha.data.corpus import DataError
+
+log = logging.getLogger(__name__)
+
+JOINT_FILE, SRC_FILE, TGT_FILE = "spm.model", "src.model", "tgt.model"
+_TOO_BIG = re.compile(r"Vocabulary size (too high|is smaller than required_chars)[^\n]*")
+
+
+class Tokenizer:
+    """Source and target SentencePiece models (the same one when `joint`)."""
+
+    PAD, UNK, BOS, EOS = 0, 1, 2, 3
+
+    def __init__(self, src_model: bytes, tgt_model: bytes | None = None) -> None:
+        """`tgt_model` None means one joint model serves both sides."""
+        self._protos = (src_model, tgt_model)
+        self._src = _processor(src_model, "source")
+        self._tgt = self._src if tgt_model is None else _processor(tgt_model, "target")
+
+    @property
+    def joint(self) -> bool:
+        return self._protos[1] is None
+
+    @property
+    def src_vocab_size(self) -> int:
+        return self._src.get_piece_size()
+
+    @property
+    def tgt_vocab_size(self) -> int:
+        return self._tgt.get_piece_size()
+
+    def encode_src(self, texts: list[str]) -> list[list[int]]:
+        """Each text -> its piece ids + EOS."""
+        return [ids + [self.EOS] for ids in self._src.encode(texts, out_type=int)]
+
+    def encode_tgt(self, texts: list[str]) -> list[list[int]]:
+        """Each text -> BOS + its piece ids + EOS."""
+        return [[self.BOS, *ids, self.EOS] for ids in self._tgt.encode(texts, out_type=int)]
+
+    def decode_tgt(self, ids: Iterable[int]) -> str:
+        """Target ids -> text, stopping at the first EOS and skipping BOS and PAD."""
+        kept = []
+        for token in map(int, ids):
+            if token == self.EOS:
+                break
+            if token not in (self.BOS, self.PAD):
+                kept.append(token)
+        return self._tgt.decode(kept)
+
+    def src_pieces(self, text: str) -> list[str]:
+        """The pieces of `encode_src([text])[0]`, EOS included: labels for attention pictures."""
+        return [self._src.id_to_piece(token) for token in self.encode_src([text])[0]]
+
+    def tgt_pieces(self, ids: Iterable[int]) -> list[str]:
+        """One piece per target id, specials included."""
+        return [self._tgt.id_to_piece(int(token)) for token in ids]
+
+    def to_state(self) -> dict:
+        """The model protos as bytes, for a checkpoint; `from_state` rebuilds the tokenizer."""
+        src, tgt = self._protos
+        if tgt is None:
+            return {"joint": True, "src_model": src}
+        return {"joint": False, "src_model": src, "tgt_model": tgt}
+
+    @classmethod
+    def from_state(cls, state: dict) -> Tokenizer:
+        try:
+            return cls(state["src_model"], None if state["joint"] else state["tgt_model"])
+        except KeyError as error:
+            raise DataError(f"tokenizer state lacks {error.args[0]!r} (has: {sorted(state)})") from None
+
+    def save(self, folder: Path) -> None:
+        """Write spm.model (joint) or src.model and tgt.model into folder, replacing old ones."""
+        folder.mkdir(parents=True, exist_ok=True)
+        for name in (JOINT_FILE, SRC_FILE, TGT_FILE):
+            (folder / name).unlink(missing_ok=True)
+        src, tgt = self._protos
+        if tgt is None:
+            (folder / JOINT_FILE).write_bytes(src)
+        else:
+            (folder / SRC_FILE).write_bytes(src)
+            (folder / TGT_FILE).write_bytes(tgt)
+
+    @classmethod
+    def load(cls, folder: str | Path) -> Tokenizer:
+        """Read what `save` wrote. Raises DataError when folder holds no tokenizer."""
+        folder = Path(folder)
+        if (folder / JOINT_FILE).is_file():
+            return cls((folder / JOINT_FILE).read_bytes())
+        if (folder / SRC_FILE).is_file() and (folder / TGT_FILE).is_file():
+            return cls((folder / SRC_FILE).read_bytes(), (folder / TGT_FILE).read_bytes())
+        raise DataError(f"no tokenizer in {folder}: expected {JOINT_FILE}, or {SRC_FILE} and "
+                        f"{TGT_FILE} (run `mha tokenize CONFIG`)")
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Tokenizer) and self._protos == other._protos
+
+    def __repr__(self) -> str:
+        kind = "joint" if self.joint else "separate"
+        return (f"Tokenizer({kind}, src_vocab_size={self.src_vocab_size}, "
+                f"tgt_vocab_size={self.tgt_vocab_size})")
+
+
+def train_tokenizer(train: datasets.Dataset, data: DataConfig, out_dir: Path) -> Tokenizer:
+    """Train SentencePiece on at most data.spm_sample sentences per side and save it in out_dir.
+
+    Sentences stream from the (Arrow-backed) dataset into the trainer, so only the sample is
+    held in memory, inside SentencePiece. Raises DataError when data.vocab_size does not fit the
+    corpus, or when train has no pairs.
+    """
+    if len(train) == 0:
+        raise DataError("the training split has no pairs to train the tokenizer on")
+    sample = _sample(train, data.spm_sample)
+    if data.joint_vocab:
+        tokenizer = Tokenizer(_train_model(_sentences(sample, ("src", "tgt")), data))
+    else:
+        tokenizer = Tokenizer(_train_model(_sentences(sample, ("src",)), data),
+                              _train_model(_sentences(sample, ("tgt",)), data))
+    tokenizer.save(Path(out_dir))
+    log.info("trained %r on %d pairs into %s", tokenizer, len(sample), out_dir)
+    return tokenizer
+
+
+def _train_model(sentences: Iterator[str], data: DataConfig) -> bytes:
+    model = io.BytesIO()
+    try:
+        spm.SentencePieceTrainer.train(
+            sentence_iterator=sentences, model_writer=model, vocab_size=data.vocab_size,
+            model_type=data.spm_model_type, character_coverage=1.0,
+            pad_id=Tokenizer.PAD, unk_id=Tokenizer.UNK, bos_id=Tokenizer.BOS,
+            eos_id=Tokenizer.EOS, num_threads=os.cpu_count() or 1, minloglevel=2)
+    except RuntimeError as error:
+        reason = _TOO_BIG.search(str(error))
+        if reason is None:
+            raise
+        raise DataError(f"data.vocab_size ({data.vocab_size}) does not fit this corpus: "
+                        f"SentencePiece says {reason[0]!r}") from None
+    return model.getvalue()
+
+
+def _sample(train: datasets.Dataset, size: int, seed: int = 0) -> datasets.Dataset:
+    """At most `size` rows of train, drawn without replacement and kept in corpus order."""
+    if len(train) <= size:
+        return train
+    rows = np.random.default_rng(seed).choice(len(train), size=size, replace=False)
+    return train.select(np.sort(rows))
+
+
+def _sentences(rows: datasets.Dataset, columns: tuple[str, ...]) -> Iterator[str]:
+    for batch in rows.select_columns(list(columns)).iter(batch_size=1000):
+        for column in columns:
+            yield from batch[column]
+
+
+def _processor(model: bytes, side: str) -> spm.SentencePieceProcessor:
+    processor = spm.SentencePieceProcessor(model_proto=model)
+    specials = (processor.pad_id(), processor.unk_id(), processor.bos_id(), processor.eos_id())
+    if specials != (Tokenizer.PAD, Tokenizer.UNK, Tokenizer.BOS, Tokenizer.EOS):
+        raise DataError(f"the {side} SentencePiece model has special ids (pad, unk, bos, eos) "
+                        f"= {specials}, expected (0, 1, 2, 3)")
+    return processor
