@@ -60,6 +60,7 @@ def beam_search(
     scores = torch.full((B, K), float("-inf"), device=src_ids.device)
     scores[:, 0] = 0.0  # all beams start identical: expand only the first
     finished: list[list[tuple[float, list[int]]]] = [[] for _ in range(B)]
+    done = [False] * B
     for step in range(int(limits.max())):
         log_probs = model.decode(tokens[:, -1:], memory, src_pad_mask, cache)[:, -1].float()
         log_probs = log_probs.log_softmax(dim=-1)  # (B*K, V)
@@ -70,7 +71,7 @@ def beam_search(
         origin = torch.arange(B * K, device=src_ids.device).view(B, K) // K * K  # placeholders
         new_tokens = torch.full((B, K), model.pad_id, dtype=torch.long, device=src_ids.device)
         for b in range(B):
-            if len(finished[b]) >= K or step >= limits[b]:
+            if done[b]:
                 continue
             kept = 0
             for rank, (score, index) in enumerate(zip(top_scores[b].tolist(), top_index[b].tolist())):
@@ -81,15 +82,17 @@ def beam_search(
                 if token == eos or length >= limits[b]:
                     prefix = tokens[b * K + parent, 1:].tolist() + ([] if token == eos else [token])
                     finished[b].append((score / length ** length_penalty, prefix))
-                    if len(finished[b]) >= K:
-                        break
                     continue
                 new_scores[b, kept], new_tokens[b, kept] = score, token
                 origin[b, kept] = b * K + parent
                 kept += 1
                 if kept == K:
                     break
-        if all(len(f) >= K or step + 1 >= limits[b] for b, f in enumerate(finished)):
+        for b in range(B):  # done once no live prefix can still beat the K-th best ending
+            best_live = new_scores[b].max().item() / int(limits[b]) ** length_penalty
+            done[b] = step + 1 >= limits[b] or (
+                len(finished[b]) >= K and sorted(finished[b])[-K][0] >= best_live)
+        if all(done):
             break
         order = origin.view(-1)
         cache.reorder(order)
