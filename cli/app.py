@@ -70,5 +70,20 @@ def command(fn):
     return app.command()(run)
 
 
+@command
+def tokenize(
+    config_path: ConfigArg,
+    overrides: SetOpt = None,
+    rebuild: Annotated[bool, typer.Option("--rebuild", help="Rebuild even if the cache matches.")] = False,
+) -> None:
+    """Train the SentencePiece tokenizer and encode every split into the run folder."""
+    from mha.data.prepare import format_report, prepare  # datasets is slow to import
+
+    cfg = config(config_path, overrides)
+    prepared = prepare(cfg, rebuild=rebuild)
+    typer.echo(format_report(prepared.report))
+    typer.echo(f"tokenizer: {cfg.run_dir}/tokenizer  data: {cfg.run_dir}/data")
+
+
 def main() -> None:
     app()

@@ -1,0 +1,194 @@
+"""Corpus -> tokenizer -> encoded Arrow splits in the run folder, rebuilt only when inputs change.
+
+`prepare(cfg)` writes `{run_dir}/tokenizer/` and `{run_dir}/data/` (a DatasetDict saved with
+`save_to_disk`: roles train/val/test, columns src, tgt, src_ids, tgt_ids) beside report.json and
+fingerprint.json. The fingerprint hashes the data config and the corpus files' sizes and mtimes;
+while it matches, later calls load the stored data instead of rebuilding. `load_prepared(run_dir)`
+is the read side for later commands.
+
+Everything streams: SentencePiece trains on a sample, encoding runs through `Dataset.map` into
+memory-mapped Arrow files, and the report's statistics are computed by Arrow on those files.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import datasets
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from mha.configs.schema import Config, DataConfig
+from mha.data.corpus import Corpus, DataError, corpus_files, load_corpus, roles
+from mha.data.tokenizer import Tokenizer, train_tokenizer
+
+log = logging.getLogger(__name__)
+
+FORMAT = 1  # bump when the encoded layout changes, so older run folders rebuild
+FINGERPRINT, REPORT = "fingerprint.json", "report.json"
+ENCODED = datasets.Features({
+    "src": datasets.Value("string"), "tgt": datasets.Value("string"),
+    "src_ids": datasets.List(datasets.Value("int32")),  # pieces + EOS
+    "tgt_ids": datasets.List(datasets.Value("int32")),  # BOS + pieces + EOS
+})
+
+
+@dataclass
+class Prepared:
+    """A trained tokenizer and the encoded splits, keyed by role (train, val, test)."""
+
+    tokenizer: Tokenizer
+    splits: datasets.DatasetDict
+    report: dict
+
+
+def prepare(cfg: Config, rebuild: bool = False) -> Prepared:
+    """Train the tokenizer and encode every split into cfg.run_dir, or reuse what is there.
+
+    Only the training split is filtered by data.max_len. Raises DataError for a bad corpus.
+    """
+    start = time.perf_counter()
+    run_dir = Path(cfg.run_dir)
+    fingerprint = data_fingerprint(cfg.data)
+    if not rebuild and _stored_fingerprint(run_dir) == fingerprint["hash"]:
+        prepared = load_prepared(run_dir)
+        prepared.report["seconds"] = round(time.perf_counter() - start, 2)
+        log.info("data config and corpus unchanged: reusing %s", run_dir / "data")
+        return prepared
+
+    data_dir = run_dir / "data"
+    (data_dir / FINGERPRINT).unlink(missing_ok=True)  # a half-done rebuild must not pass for done
+    corpus = load_corpus(cfg.data)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    tokenizer = train_tokenizer(corpus["train"], cfg.data, run_dir / "tokenizer")
+    with tempfile.TemporaryDirectory(dir=run_dir, prefix=".encoding-") as work:
+        encoded = datasets.DatasetDict({
+            role: _encode(rows, tokenizer, Path(work) / f"{role}.arrow", fingerprint["hash"],
+                          cfg.data.max_len if role == "train" else None)
+            for role, rows in corpus.items()
+        })
+        if data_dir.exists():
+            shutil.rmtree(data_dir)
+        encoded.save_to_disk(str(data_dir))
+    splits = datasets.load_from_disk(str(data_dir))
+    report = _report(cfg.data, corpus, splits, tokenizer)
+    report["seconds"] = round(time.perf_counter() - start, 2)
+    (data_dir / REPORT).write_text(json.dumps(report, indent=1))
+    (data_dir / FINGERPRINT).write_text(json.dumps(fingerprint, indent=1))
+    return Prepared(tokenizer, splits, report)
+
+
+def load_prepared(run_dir: str | Path) -> Prepared:
+    """The tokenizer and encoded splits `prepare` stored in run_dir.
+
+    Raises DataError when run_dir holds no tokenized data.
+    """
+    run_dir = Path(run_dir)
+    data_dir = run_dir / "data"
+    if not (data_dir / FINGERPRINT).is_file():
+        raise DataError(f"no tokenized data in {data_dir}: run `mha tokenize CONFIG` first")
+    report = json.loads((data_dir / REPORT).read_text())
+    report["reused"] = True
+    splits = datasets.load_from_disk(str(data_dir))
+    return Prepared(Tokenizer.load(run_dir / "tokenizer"), splits, report)
+
+
+def data_fingerprint(data: DataConfig) -> dict:
+    """What the encoded data depends on (data config, corpus files' sizes and mtimes) and its hash.
+
+    Hub corpora contribute only their name: the hub's own cache tracks their contents.
+    """
+    files = [[str(path.resolve()), path.stat().st_size, path.stat().st_mtime_ns]
+             for pair in corpus_files(data).values() for path in pair]
+    inputs = {"format": FORMAT, "data": dataclasses.asdict(data), "files": files}
+    digest = hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()
+    return {"hash": digest, **inputs}
+
+
+def format_report(report: dict) -> str:
+    """The report as a small table, for the CLI and benchmarks."""
+    rows = [("role", "split", "pairs", "src subwords mean/max", "tgt subwords mean/max",
+             "empty dropped")]
+    for role, split in report["splits"].items():
+        src, tgt = split["src_subwords"], split["tgt_subwords"]
+        rows.append((role, split["split"], str(split["pairs"]), f"{src['mean']:.1f} / {src['max']}",
+                     f"{tgt['mean']:.1f} / {tgt['max']}", str(split["dropped_empty"])))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip()
+             for row in rows]
+    tok = report["tokenizer"]
+    vocab = (str(tok["src_vocab_size"]) if tok["joint"]
+             else f"{tok['src_vocab_size']} src + {tok['tgt_vocab_size']} tgt")
+    lines += [
+        f"training pairs over max_len ({report['max_len']} subwords) dropped: "
+        f"{report['dropped_max_len']}",
+        f"tokenizer: {'joint' if tok['joint'] else 'separate'} {tok['model_type']}, vocab {vocab}",
+        f"{'reused the cache' if report['reused'] else 'built'} in {report['seconds']:.1f} s",
+    ]
+    return "\n".join(lines)
+
+
+def _stored_fingerprint(run_dir: Path) -> str | None:
+    path = run_dir / "data" / FINGERPRINT
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text()).get("hash")
+    except json.JSONDecodeError:
+        log.warning("%s is not valid JSON: rebuilding", path)
+        return None
+
+
+def _encode(rows: datasets.Dataset, tokenizer: Tokenizer, cache_file: Path, fingerprint: str,
+            max_len: int | None) -> datasets.Dataset:
+    """Add src_ids and tgt_ids; with max_len, drop pairs longer than that on either side."""
+    return rows.map(
+        _encode_batch, batched=True, remove_columns=rows.column_names, features=ENCODED,
+        fn_kwargs={"tokenizer": tokenizer, "max_len": max_len},
+        cache_file_name=str(cache_file), load_from_cache_file=False,
+        new_fingerprint=hashlib.sha256(f"{fingerprint}-{cache_file.stem}".encode()).hexdigest()[:32],
+        desc=f"encoding {cache_file.stem}")
+
+
+def _encode_batch(batch: dict[str, list[str]], tokenizer: Tokenizer,
+                  max_len: int | None) -> dict[str, list]:
+    src_ids, tgt_ids = tokenizer.encode_src(batch["src"]), tokenizer.encode_tgt(batch["tgt"])
+    keep = [max_len is None or (len(s) - 1 <= max_len and len(t) - 2 <= max_len)
+            for s, t in zip(src_ids, tgt_ids)]
+    columns = {"src": batch["src"], "tgt": batch["tgt"], "src_ids": src_ids, "tgt_ids": tgt_ids}
+    return {name: [x for x, k in zip(values, keep) if k] for name, values in columns.items()}
+
+
+def _report(data: DataConfig, corpus: Corpus, splits: datasets.DatasetDict,
+            tokenizer: Tokenizer) -> dict:
+    names = roles(data)
+    return {
+        "corpus": data.corpus, "src_lang": data.src_lang, "tgt_lang": data.tgt_lang,
+        "splits": {role: {
+            "split": names[role], "pairs": len(rows), "dropped_empty": corpus.dropped_empty[role],
+            "src_subwords": _length_stats(rows.data.column("src_ids"), specials=1),
+            "tgt_subwords": _length_stats(rows.data.column("tgt_ids"), specials=2),
+        } for role, rows in splits.items()},
+        "max_len": data.max_len,
+        "dropped_max_len": len(corpus["train"]) - len(splits["train"]),
+        "tokenizer": {"joint": tokenizer.joint, "model_type": data.spm_model_type,
+                      "src_vocab_size": tokenizer.src_vocab_size,
+                      "tgt_vocab_size": tokenizer.tgt_vocab_size},
+        "reused": False,
+    }
+
+
+def _length_stats(ids: pa.ChunkedArray, specials: int) -> dict:
+    """Mean and max subwords per sentence (specials not counted), computed by Arrow."""
+    lengths = pc.subtract(pc.list_value_length(ids), specials)
+    if len(lengths) == 0:
+        return {"mean": 0.0, "max": 0}
+    return {"mean": round(pc.mean(lengths).as_py(), 2), "max": pc.max(lengths).as_py()}
