@@ -28,9 +28,8 @@ from pathlib import Path
 from typing import BinaryIO
 
 import datasets
-from tqdm import tqdm
-
 from mha.configs.schema import DataConfig
+from tqdm import tqdm
 
 log = logging.getLogger(__name__)
 
@@ -240,14 +239,12 @@ def _pairs_dataset(src_path: Path, tgt_path: Path) -> datasets.Dataset:
 
 def _pair_rows(src_path: Path, tgt_path: Path) -> Iterator[dict[str, str]]:
     src_lines, tgt_lines = iter_lines(src_path), iter_lines(tgt_path)
-    count = 0
-    for src, tgt in itertools.zip_longest(src_lines, tgt_lines):
+    for before, (src, tgt) in enumerate(itertools.zip_longest(src_lines, tgt_lines)):
         if src is None or tgt is None:
-            n_src = count + (src is not None) + sum(1 for _ in src_lines)
-            n_tgt = count + (tgt is not None) + sum(1 for _ in tgt_lines)
+            n_src = before + (src is not None) + sum(1 for _ in src_lines)
+            n_tgt = before + (tgt is not None) + sum(1 for _ in tgt_lines)
             raise DataError(f"misaligned corpus: {src_path} has {n_src} lines but {tgt_path} "
                             f"has {n_tgt}; line N of one must translate line N of the other")
-        count += 1
         yield {"src": src.strip(), "tgt": tgt.strip()}
 
 

@@ -25,7 +25,6 @@ from pathlib import Path
 import datasets
 import pyarrow as pa
 import pyarrow.compute as pc
-
 from mha.configs.schema import Config, DataConfig
 from mha.data.corpus import Corpus, DataError, corpus_files, load_corpus, roles
 from mha.data.tokenizer import Tokenizer, train_tokenizer
@@ -127,9 +126,9 @@ def format_report(report: dict) -> str:
     tok = report["tokenizer"]
     vocab = (str(tok["src_vocab_size"]) if tok["joint"]
              else f"{tok['src_vocab_size']} src + {tok['tgt_vocab_size']} tgt")
+    dropped = report["dropped_max_len"]
     lines += [
-        f"training pairs over max_len ({report['max_len']} subwords) dropped: "
-        f"{report['dropped_max_len']}",
+        f"training pairs over max_len ({report['max_len']} subwords) dropped: {dropped}",
         f"tokenizer: {'joint' if tok['joint'] else 'separate'} {tok['model_type']}, vocab {vocab}",
         f"{'reused the cache' if report['reused'] else 'built'} in {report['seconds']:.1f} s",
     ]
