@@ -74,6 +74,7 @@ def prepare(cfg: Config, rebuild: bool = False) -> Prepared:
                           cfg.data.max_len if role == "train" else None)
             for role, rows in corpus.items()
         })
+        _check_not_empty(encoded, cfg.data)
         if data_dir.exists():
             shutil.rmtree(data_dir)
         encoded.save_to_disk(str(data_dir))
@@ -144,6 +145,14 @@ def _stored_fingerprint(run_dir: Path) -> str | None:
     except json.JSONDecodeError:
         log.warning("%s is not valid JSON: rebuilding", path)
         return None
+
+
+def _check_not_empty(splits: datasets.DatasetDict, data: DataConfig) -> None:
+    for role, rows in splits.items():
+        if len(rows) == 0:
+            why = f" at most data.max_len ({data.max_len}) subwords long" if role == "train" else ""
+            raise DataError(f"the {role} split ({roles(data)[role]!r} of {data.corpus}) has no "
+                            f"non-empty pairs{why}")
 
 
 def _encode(rows: datasets.Dataset, tokenizer: Tokenizer, cache_file: Path, fingerprint: str,
