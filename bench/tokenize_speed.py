@@ -43,7 +43,7 @@ def run_tokenize(config: str, overrides: list[str], env: dict[str, str]) -> dict
     prepare_s = float(re.search(r"in ([\d.]+) s$", output, re.MULTILINE)[1])
     return {"wall": wall, "prepare": prepare_s, "rss_mib": usage.ru_maxrss / 1024,
             "pairs": sum(split["pairs"] for split in report["splits"].values()),
-            "reused": "reused the cache" in output}
+            "reused": "reused the cache" in output, "stages": report["stage_seconds"]}
 
 
 def repeat_corpus(data_dir: Path, pairs: int, folder: Path) -> None:
@@ -70,9 +70,9 @@ def main() -> None:
         big = temp / "big"
         big.mkdir()
         repeat_corpus(args.data_dir, args.pairs, big)
-        cases = [
+        cases = [  # the big corpus: Multi30k train repeated to args.pairs, plus val and test
             ("multi30k de-en", [f"data.data_dir={args.data_dir}", f"run_dir={temp / 'run_m30k'}"]),
-            (f"multi30k train repeated to {args.pairs:,}",
+            (f"train x{args.pairs / 29000:.1f}",
              [f"data.corpus={big}", f"run_dir={temp / 'run_big'}"]),
         ]
         for name, overrides in cases:
@@ -82,20 +82,24 @@ def main() -> None:
                 print(f"# {name}: {result}", file=sys.stderr, flush=True)
 
     print(f"mha tokenize (preset multi30k_de_en: joint bpe, vocab 8000, spm_sample 1M per side) on "
-          f"{os.cpu_count()} CPU cores, {platform.processor() or platform.machine()}, "
-          f"Python {platform.python_version()}, {time.strftime('%Y-%m-%d')}")
-    header = (f"{'corpus':<32}{'run':<8}{'pairs':>11}{'wall s':>9}{'prepare s':>11}"
-              f"{'pairs/s':>10}{'peak RSS MiB':>14}")
+          f"{os.cpu_count()} CPU cores, {platform.machine()}, Python {platform.python_version()}, "
+          f"{time.strftime('%Y-%m-%d')}")
+    header = (f"{'corpus':<22}{'run':<8}{'pairs':>11}{'wall s':>8}{'prepare s':>11}{'read':>7}"
+              f"{'spm':>7}{'encode':>8}{'pairs/s':>9}{'peak RSS MiB':>14}")
     print(header)
     print("-" * len(header))
     for name, r in rows:
-        speed = "-" if r["reused"] else f"{r['pairs'] / r['prepare']:,.0f}"
-        print(f"{name:<32}{'reused' if r['reused'] else 'built':<8}{r['pairs']:>11,}"
-              f"{r['wall']:>9.1f}{r['prepare']:>11.1f}{speed:>10}{r['rss_mib']:>14,.0f}")
-    print("wall s: the whole command, interpreter start included. prepare s: reading the corpus, "
-          "training SentencePiece, encoding and saving (built) or loading the cache (reused). "
-          "pairs/s: pairs over prepare s. peak RSS: the command's process (os.wait4).")
-
+        if r["reused"]:
+            stages, speed = ("-", "-", "-"), "-"
+        else:
+            stages = tuple(f"{r['stages'][key]:.1f}" for key in ("corpus", "tokenizer", "encode"))
+            speed = f"{r['pairs'] / r['prepare']:,.0f}"
+        print(f"{name:<22}{'reused' if r['reused'] else 'built':<8}{r['pairs']:>11,}"
+              f"{r['wall']:>8.1f}{r['prepare']:>11.1f}{stages[0]:>7}{stages[1]:>7}{stages[2]:>8}"
+              f"{speed:>9}{r['rss_mib']:>14,.0f}")
+    print("wall s: the whole command, interpreter start included. prepare s: read the corpus "
+          "(read), train SentencePiece (spm), encode and save every split (encode), or load the "
+          "cache (reused). pairs/s: pairs over prepare s. peak RSS: the command's process, os.wait4.")
 
 if __name__ == "__main__":
     main()

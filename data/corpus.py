@@ -202,7 +202,7 @@ def _load_hub(data: DataConfig, splits: dict[str, str]) -> dict[str, datasets.Da
     name, _, config = data.corpus.removeprefix("hub:").partition(":")
     try:
         raw = datasets.load_dataset(name, config or None)
-    except OSError as error:  # offline, unknown or gated datasets all end here
+    except (OSError, ValueError) as error:  # offline, unknown, gated, or an unknown config
         raise DataError(f"hub dataset {name!r}: {error}".replace("\n", " ")) from None
     missing = [split for split in splits.values() if split not in raw]
     if missing:

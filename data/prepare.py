@@ -58,32 +58,19 @@ def prepare(cfg: Config, rebuild: bool = False) -> Prepared:
     run_dir = Path(cfg.run_dir)
     fingerprint = data_fingerprint(cfg.data)
     if not rebuild and _stored_fingerprint(run_dir) == fingerprint["hash"]:
-        prepared = load_prepared(run_dir)
-        prepared.report["seconds"] = round(time.perf_counter() - start, 2)
-        log.info("data config and corpus unchanged: reusing %s", run_dir / "data")
-        return prepared
-
-    data_dir = run_dir / "data"
-    (data_dir / FINGERPRINT).unlink(missing_ok=True)  # a half-done rebuild must not pass for done
-    corpus = load_corpus(cfg.data)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    tokenizer = train_tokenizer(corpus["train"], cfg.data, run_dir / "tokenizer")
-    with tempfile.TemporaryDirectory(dir=run_dir, prefix=".encoding-") as work:
-        encoded = datasets.DatasetDict({
-            role: _encode(rows, tokenizer, Path(work) / f"{role}.arrow", fingerprint["hash"],
-                          cfg.data.max_len if role == "train" else None)
-            for role, rows in corpus.items()
-        })
-        _check_not_empty(encoded, cfg.data)
-        if data_dir.exists():
-            shutil.rmtree(data_dir)
-        encoded.save_to_disk(str(data_dir))
-    splits = datasets.load_from_disk(str(data_dir))
-    report = _report(cfg.data, corpus, splits, tokenizer)
-    report["seconds"] = round(time.perf_counter() - start, 2)
-    (data_dir / REPORT).write_text(json.dumps(report, indent=1))
-    (data_dir / FINGERPRINT).write_text(json.dumps(fingerprint, indent=1))
-    return Prepared(tokenizer, splits, report)
+        try:
+            prepared = load_prepared(run_dir)
+        except DataError as error:  # e.g. the tokenizer folder was deleted by hand
+            log.info("cannot reuse %s (%s): rebuilding", run_dir / "data", error)
+        else:
+            log.info("data config and corpus unchanged: reusing %s", run_dir / "data")
+            prepared.report["seconds"] = round(time.perf_counter() - start, 2)
+            return prepared
+    prepared = _build(cfg, fingerprint)
+    prepared.report["seconds"] = round(time.perf_counter() - start, 2)
+    (run_dir / "data" / REPORT).write_text(json.dumps(prepared.report, indent=1))
+    (run_dir / "data" / FINGERPRINT).write_text(json.dumps(fingerprint, indent=1))  # last: done
+    return prepared
 
 
 def load_prepared(run_dir: str | Path) -> Prepared:
@@ -134,6 +121,33 @@ def format_report(report: dict) -> str:
         f"{'reused the cache' if report['reused'] else 'built'} in {report['seconds']:.1f} s",
     ]
     return "\n".join(lines)
+
+
+def _build(cfg: Config, fingerprint: dict) -> Prepared:
+    """Read the corpus, train the tokenizer, encode and save every split; time each stage."""
+    run_dir, data_dir = Path(cfg.run_dir), Path(cfg.run_dir) / "data"
+    (data_dir / FINGERPRINT).unlink(missing_ok=True)  # a half-done rebuild must not pass for done
+    times = [time.perf_counter()]
+    corpus = load_corpus(cfg.data)
+    times.append(time.perf_counter())
+    tokenizer = train_tokenizer(corpus["train"], cfg.data, run_dir / "tokenizer")
+    times.append(time.perf_counter())
+    with tempfile.TemporaryDirectory(dir=run_dir, prefix=".encoding-") as work:
+        encoded = datasets.DatasetDict({
+            role: _encode(rows, tokenizer, Path(work) / f"{role}.arrow", fingerprint["hash"],
+                          cfg.data.max_len if role == "train" else None)
+            for role, rows in corpus.items()
+        })
+        _check_not_empty(encoded, cfg.data)
+        if data_dir.exists():
+            shutil.rmtree(data_dir)
+        encoded.save_to_disk(str(data_dir))
+    splits = datasets.load_from_disk(str(data_dir))
+    times.append(time.perf_counter())
+    report = _report(cfg.data, corpus, splits, tokenizer)
+    report["stage_seconds"] = {stage: round(end - begin, 2) for stage, begin, end in
+                               zip(("corpus", "tokenizer", "encode"), times, times[1:])}
+    return Prepared(tokenizer, splits, report)
 
 
 def _stored_fingerprint(run_dir: Path) -> str | None:

@@ -63,6 +63,8 @@ def test_changed_config_or_corpus_rebuilds(small_corpus: Path, tmp_path: Path) -
             file.write(line + "\n")
     grown = prepare(make_config(tmp_path / "run", corpus, vocab_size=150))
     assert not grown.report["reused"] and len(grown.splits["train"]) == len(first.splits["train"]) + 1
+    shutil.rmtree(tmp_path / "run" / "tokenizer")
+    assert not prepare(make_config(tmp_path / "run", corpus, vocab_size=150)).report["reused"]
 
 
 def test_max_len_filters_only_training_pairs(prepared: Prepared, small_corpus: Path,
