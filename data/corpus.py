@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import gzip
 import hashlib
 import http.client
@@ -99,16 +100,13 @@ def corpus_files(data: DataConfig, splits: dict[str, str] | None = None) -> dict
     if data.corpus.startswith("hub:"):
         return {}
     if data.corpus == "multi30k":
-        def find(split: str, lang: str) -> Path:
-            return multi30k_file(split, lang, data.data_dir)
+        find = functools.partial(multi30k_file, data_dir=data.data_dir)
     else:
         folder = Path(data.corpus).expanduser()
         if not folder.is_dir():
             raise DataError(f"data.corpus {data.corpus!r} is not 'multi30k', 'hub:NAME' "
                             f"or an existing folder of {{split}}.{{lang}} files")
-
-        def find(split: str, lang: str) -> Path:
-            return _local_file(folder, split, lang)
+        find = functools.partial(_local_file, folder)
     return {role: (find(split, data.src_lang), find(split, data.tgt_lang))
             for role, split in splits.items()}
 
