@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import functools
+import itertools
 import logging
 import sys
 from importlib.metadata import version
+from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
@@ -83,6 +85,108 @@ def tokenize(
     prepared = prepare(cfg, rebuild=rebuild)
     typer.echo(format_report(prepared.report))
     typer.echo(f"tokenizer: {cfg.run_dir}/tokenizer  data: {cfg.run_dir}/data")
+
+
+RunArg = Annotated[Path, typer.Argument(help="A run folder made by `mha train`.")]
+CheckpointOpt = Annotated[str, typer.Option("--checkpoint", help="best, last or a checkpoint path.")]
+DeviceOpt = Annotated[str, typer.Option("--device", help="auto (cuda when available), cpu or cuda.")]
+BeamOpt = Annotated[int | None, typer.Option("--beam", min=1, help="Beam size; 1 is greedy. [default: the run's decode.beam]")]
+BatchOpt = Annotated[int | None, typer.Option("--batch-size", min=1, help="Sentences per batch. [default: the run's decode.batch_size]")]
+
+
+@command
+def translate(
+    run_dir: RunArg,
+    texts: Annotated[list[str] | None, typer.Argument(help="Sentences; without them, --input or stdin.", show_default=False)] = None,
+    input_file: Annotated[Path | None, typer.Option("--input", help="Translate this file, a sentence a line.")] = None,
+    output_file: Annotated[Path | None, typer.Option("--output", help="Write here (atomically), not stdout.")] = None,
+    which: CheckpointOpt = "best",
+    batch_size: BatchOpt = None,
+    beam: BeamOpt = None,
+    no_cache: Annotated[bool, typer.Option("--no-cache", help="Greedy without the KV cache (same output, slower).")] = False,
+    device: DeviceOpt = "auto",
+    attention: Annotated[Path | None, typer.Option("--attention", help="Draw the sentence's attention into this PNG.")] = None,
+    self_attention: Annotated[bool, typer.Option("--self-attention", help="With --attention, draw self-attention too.")] = False,
+) -> None:
+    """Translate sentences from the arguments, a file or stdin: one output line per input line."""
+    from mha.data.corpus import read_lines
+    from mha.model.inference import load_model
+    from mha.model.translate import CHUNK_BATCHES, read_chunks, translate_chunks, translate_lines
+
+    if texts and input_file:
+        fail("give sentences as arguments or with --input FILE, not both")
+    if (attention or self_attention) and (attention is None or len(texts or []) != 1):
+        fail("--attention FILE.png draws one sentence: give exactly one TEXT (and --self-attention only with it)")
+    lines = read_lines(input_file) if input_file else texts  # bad input fails before the model loads
+    model, tokenizer, cfg = load_model(run_dir, which, device)
+    options = {"batch_size": batch_size or cfg.decode.batch_size, "beam": beam or cfg.decode.beam,
+               "use_cache": not no_cache, "decode_cfg": cfg.decode}
+    if attention:
+        from mha.model.plot_attention import attention_weights, plot_attention
+
+        plot_attention(attention_weights(model, tokenizer, texts[0], cfg.decode), attention,
+                       self_attention=self_attention)
+    if lines is not None:
+        outputs = translate_lines(model, tokenizer, lines, **options)
+    else:
+        chunks = (_prompted() if sys.stdin.isatty()
+                  else read_chunks(sys.stdin.buffer, options["batch_size"] * CHUNK_BATCHES))
+        outputs = translate_chunks(model, tokenizer, chunks, **options)
+    if output_file is None:
+        for line in outputs:
+            typer.echo(line)  # flushed line by line: a pipe gets each answer as it is ready
+    else:
+        from mha.model.checkpoint import atomic_write
+
+        text = "".join(f"{line}\n" for line in outputs).encode("utf-8")
+        atomic_write(output_file, lambda file: file.write(text))
+
+
+def _prompted():
+    """One chunk per line typed at the terminal, until end of input (Ctrl-D)."""
+    from mha.model.translate import decode_line
+
+    for number in itertools.count(1):
+        typer.echo("> ", err=True, nl=False)
+        raw = sys.stdin.buffer.readline()
+        if not raw:
+            typer.echo(err=True)
+            return
+        yield [decode_line(raw, number)]
+
+
+@command
+def eval(  # the command's name; shadows the builtin only inside this module
+    run_dir: RunArg,
+    split: Annotated[str, typer.Option("--split", help="The run's prepared split to score: test or val.")] = "test",
+    src_file: Annotated[Path | None, typer.Option("--src-file", help="Score these sources instead of a split.")] = None,
+    ref_file: Annotated[Path | None, typer.Option("--ref-file", help="References for --src-file, line by line.")] = None,
+    output_file: Annotated[Path | None, typer.Option("--output", help="Hypotheses file. [default: RUN/eval/SPLIT.MODE.hyp]", show_default=False)] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    beam: BeamOpt = None,
+    batch_size: BatchOpt = None,
+    which: CheckpointOpt = "best",
+    device: DeviceOpt = "auto",
+) -> None:
+    """Translate a test set and score it with sacreBLEU (BLEU and chrF, with their signatures)."""
+    import json
+
+    from mha.model.evaluate import eval_set, evaluate
+    from mha.model.inference import load_model
+
+    model, tokenizer, cfg = load_model(run_dir, which, device)
+    sources, references, name = eval_set(run_dir, split, src_file, ref_file)
+    beam = beam or cfg.decode.beam
+    hyp_path = output_file or run_dir / "eval" / f"{name}.{'greedy' if beam == 1 else f'beam{beam}'}.hyp"
+    result = evaluate(model, tokenizer, sources, references, beam=beam, decode_cfg=cfg.decode,
+                      batch_size=batch_size or cfg.decode.batch_size, hyp_path=hyp_path)
+    if as_json:
+        typer.echo(json.dumps(result))
+        return
+    typer.echo(f"{result['bleu_text']}\n  {result['signature']['bleu']}")
+    typer.echo(f"{result['chrf_text']}\n  {result['signature']['chrf']}")
+    typer.echo(f"{result['sentences']} sentences in {result['seconds']:.1f} s "
+               f"({result['sentences_per_second']} sentences/s); hypotheses in {hyp_path}")
 
 
 def main() -> None:

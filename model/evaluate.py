@@ -1,0 +1,90 @@
+"""Score translations with sacreBLEU: corpus BLEU and chrF on detokenized, cased text.
+
+sacreBLEU's defaults are the point: 13a tokenization of plain text, so scores compare across
+papers and tokenizers, and each comes with the signature that says how it was computed.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+from sacrebleu.metrics import BLEU, CHRF
+
+from mha.configs.schema import DecodeConfig
+from mha.data.corpus import DataError, read_lines
+from mha.data.tokenizer import Tokenizer
+from mha.model.checkpoint import atomic_write
+from mha.model.transformer import Transformer
+from mha.model.translate import translate_lines
+
+log = logging.getLogger(__name__)
+
+ROLES = ("test", "val")
+
+
+def score(hypotheses: list[str], references: list[str]) -> dict:
+    """Corpus BLEU and chrF of hypotheses against one reference each.
+
+    Returns bleu and chrf (0-100), their one-line summaries (bleu_text, chrf_text) and
+    signature ({"bleu": ..., "chrf": ...}). Raises DataError for unequal or empty lists.
+    """
+    if len(hypotheses) != len(references):
+        raise DataError(f"{len(hypotheses)} hypotheses but {len(references)} references")
+    if not references:
+        raise DataError("nothing to score: no sentences")
+    bleu, chrf = BLEU(), CHRF()
+    bleu_score = bleu.corpus_score(hypotheses, [references])
+    chrf_score = chrf.corpus_score(hypotheses, [references])
+    return {
+        "bleu": bleu_score.score, "chrf": chrf_score.score,
+        "bleu_text": str(bleu_score), "chrf_text": str(chrf_score),
+        "signature": {"bleu": str(bleu.get_signature()), "chrf": str(chrf.get_signature())},
+    }
+
+
+def eval_set(
+    run_dir: Path, role: str = "test", src_file: Path | None = None, ref_file: Path | None = None,
+) -> tuple[list[str], list[str], str]:
+    """(sources, references, name): the run's prepared split `role`, or a pair of text files.
+
+    Raises DataError for files of different lengths, only one of the two files, or a run
+    folder without tokenized data. Cheap: call it before loading the model, to fail fast.
+    """
+    if (src_file is None) != (ref_file is None):
+        raise DataError("--src-file and --ref-file go together: give both or neither")
+    if src_file is not None and ref_file is not None:
+        sources, references = read_lines(src_file), read_lines(ref_file)
+        if len(sources) != len(references):
+            raise DataError(f"{src_file} has {len(sources)} lines but {ref_file} has "
+                            f"{len(references)}: they must pair line by line")
+        return sources, references, Path(src_file).name.removesuffix(".gz")
+    if role not in ROLES:
+        raise DataError(f"split must be one of {', '.join(ROLES)}, got {role!r}")
+    from mha.data.prepare import load_prepared  # datasets is slow to import
+
+    split = load_prepared(run_dir).splits[role]
+    return list(split["src"]), list(split["tgt"]), role
+
+
+def evaluate(
+    model: Transformer, tokenizer: Tokenizer, sources: list[str], references: list[str], *,
+    batch_size: int, beam: int, decode_cfg: DecodeConfig, hyp_path: Path | None = None,
+) -> dict:
+    """Translate sources, score against references, write the hypotheses (atomically) to hyp_path.
+
+    Returns score()'s keys plus sentences, seconds, sentences_per_second, beam and hypotheses.
+    """
+    start = time.perf_counter()
+    hypotheses = list(translate_lines(model, tokenizer, sources, batch_size=batch_size, beam=beam,
+                                      use_cache=True, decode_cfg=decode_cfg))
+    seconds = time.perf_counter() - start
+    result = score(hypotheses, references)
+    if hyp_path is not None:
+        text = "".join(f"{line}\n" for line in hypotheses).encode("utf-8")
+        atomic_write(Path(hyp_path), lambda file: file.write(text))
+        log.debug("wrote %d hypotheses to %s", len(hypotheses), hyp_path)
+    return {**result, "sentences": len(sources), "seconds": round(seconds, 3),
+            "sentences_per_second": round(len(sources) / max(seconds, 1e-9), 1), "beam": beam,
+            "hypotheses": str(hyp_path) if hyp_path is not None else None}

@@ -1,0 +1,95 @@
+"""Attention pictures: every head of every decoder layer as a grid of heatmaps, one sentence.
+
+The sentence is translated greedily first; then one teacher-forced pass over BOS + output asks
+the decoder for its weights. Rows are layers (encoder-decoder attention, then, when asked, the
+decoder self-attention), columns are heads; each cell is labelled with the subwords it relates.
+
+Legend: H heads, S source length (EOS included), T target length (BOS + output).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from matplotlib.figure import Figure  # a bare Figure draws with Agg and leaves pyplot alone
+from torch import Tensor
+
+from mha.configs.schema import DecodeConfig
+from mha.data.tokenizer import Tokenizer
+from mha.model.checkpoint import atomic_write
+from mha.model.masks import padding_mask
+from mha.model.transformer import Transformer
+from mha.model.translate import decode_ids, encode_sources
+
+CELL_INCHES = 0.22  # per token, so labels stay legible whatever the sentence length
+
+
+@dataclass
+class Attention:
+    """One sentence's decoder attention: per layer, cross (H, T, S) and self (H, T, T)."""
+
+    translation: str
+    src_pieces: list[str]  # S labels: source subwords and EOS
+    tgt_in_pieces: list[str]  # T labels: BOS and the output, what the decoder reads
+    tgt_out_pieces: list[str]  # T labels: the output and EOS, what it predicts
+    cross: list[Tensor]
+    self: list[Tensor]
+
+
+@torch.no_grad()
+def attention_weights(
+    model: Transformer, tokenizer: Tokenizer, text: str, decode_cfg: DecodeConfig,
+) -> Attention:
+    """Translate `text` greedily, then collect every decoder layer's attention over the result."""
+    device = next(model.parameters()).device
+    source = encode_sources(tokenizer, [text], model.cfg.max_positions - 1)[0] or [Tokenizer.EOS]
+    output = decode_ids(model, [source], beam=1, use_cache=True, decode_cfg=decode_cfg)[0]
+    src_ids = torch.tensor([source], device=device)  # (1, S)
+    tgt_in = torch.tensor([[Tokenizer.BOS, *output]], device=device)  # (1, T)
+    src_pad_mask = padding_mask(src_ids, model.pad_id)
+    memory = model.encode(src_ids, src_pad_mask)  # (1, S, D)
+    _, weights = model.decode(tgt_in, memory, src_pad_mask, need_weights=True)
+    return Attention(
+        translation=tokenizer.decode_tgt(output),
+        src_pieces=_src_pieces(tokenizer, text, len(source)),
+        tgt_in_pieces=tokenizer.tgt_pieces([Tokenizer.BOS, *output]),
+        tgt_out_pieces=tokenizer.tgt_pieces([*output, Tokenizer.EOS]),
+        cross=[cross[0].cpu() for _, cross in weights],  # each (H, T, S)
+        self=[self_weights[0].cpu() for self_weights, _ in weights],  # each (H, T, T)
+    )
+
+
+def plot_attention(attention: Attention, path: Path | None = None, *,
+                   self_attention: bool = False) -> Figure:
+    """Draw the grid (rows: layers, columns: heads); given a path, write a PNG there atomically."""
+    panels = [("enc-dec", weights, attention.src_pieces) for weights in attention.cross]
+    if self_attention:
+        panels += [("self", weights, attention.tgt_in_pieces) for weights in attention.self]
+    rows, heads = len(panels), panels[0][1].shape[0]
+    T, S = len(attention.tgt_out_pieces), len(attention.src_pieces)
+    width = heads * (CELL_INCHES * max(S, T) + 1.2)
+    height = rows * (CELL_INCHES * T + 1.4) + 0.6
+    figure = Figure(figsize=(width, height), layout="constrained")
+    axes = figure.subplots(rows, heads, squeeze=False)
+    layers = len(attention.cross)
+    for row, (kind, weights, key_labels) in enumerate(panels):
+        for head in range(heads):
+            ax = axes[row][head]
+            image = ax.imshow(weights[head].numpy(), vmin=0.0, vmax=1.0, cmap="viridis",
+                              aspect="equal")
+            ax.set_title(f"layer {row % layers + 1} {kind}, head {head + 1}", fontsize=8)
+            ax.set_xticks(range(len(key_labels)), key_labels, rotation=90, fontsize=7)
+            ax.set_yticks(range(T), attention.tgt_out_pieces if head == 0 else [], fontsize=7)
+    figure.colorbar(image, ax=axes, shrink=0.6, label="attention weight")
+    figure.suptitle(attention.translation, fontsize=9)
+    if path is not None:
+        atomic_write(Path(path), lambda file: figure.savefig(file, format="png", dpi=100))
+    return figure
+
+
+def _src_pieces(tokenizer: Tokenizer, text: str, length: int) -> list[str]:
+    """The source's subwords and EOS, cut like the source was when it was too long."""
+    pieces = tokenizer.src_pieces(text.strip())
+    return pieces if len(pieces) <= length else pieces[:length - 1] + pieces[-1:]

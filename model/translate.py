@@ -1,0 +1,169 @@
+"""Translate lines of text: one output line per input line, in input order.
+
+Lines arrive in chunks. Inside a chunk, sentences are sorted by length and decoded `batch_size`
+at a time (so a batch holds little padding), then put back in input order. Empty lines skip the
+model and come out empty. A chunk's translations are yielded as soon as it is done, so a pipe
+that writes one line at a time gets each answer before it writes the next (`read_chunks`).
+
+Legend: B batch, S source length.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import select
+from collections.abc import Iterable, Iterator
+from typing import BinaryIO
+
+import torch
+
+from mha.configs.schema import DecodeConfig
+from mha.data.corpus import DataError
+from mha.data.tokenizer import Tokenizer
+from mha.model.decode import beam_search, greedy
+from mha.model.transformer import Transformer
+
+log = logging.getLogger(__name__)
+
+CHUNK_BATCHES = 16  # translate_lines sorts this many batches' worth of lines at a time
+READ_WINDOW = 0.01  # seconds a pipe may pause inside a burst of lines that still count as one
+READ_BLOCK = 1 << 16
+
+
+def translate_lines(
+    model: Transformer, tokenizer: Tokenizer, lines: Iterable[str], *, batch_size: int,
+    beam: int, use_cache: bool, decode_cfg: DecodeConfig,
+) -> Iterator[str]:
+    """Translate `lines` (one sentence each), yielding one line of text per input line."""
+    chunks = _chunked(iter(lines), batch_size * CHUNK_BATCHES)
+    return translate_chunks(model, tokenizer, chunks, batch_size=batch_size, beam=beam,
+                            use_cache=use_cache, decode_cfg=decode_cfg)
+
+
+def translate_chunks(
+    model: Transformer, tokenizer: Tokenizer, chunks: Iterable[list[str]], *, batch_size: int,
+    beam: int, use_cache: bool, decode_cfg: DecodeConfig,
+) -> Iterator[str]:
+    """Like `translate_lines`, but a chunk's translations come out before the next chunk is read."""
+    first_line = 1
+    for chunk in chunks:
+        yield from translate_chunk(model, tokenizer, chunk, batch_size=batch_size, beam=beam,
+                                   use_cache=use_cache, decode_cfg=decode_cfg,
+                                   first_line=first_line)
+        first_line += len(chunk)
+
+
+def translate_chunk(
+    model: Transformer, tokenizer: Tokenizer, lines: list[str], *, batch_size: int, beam: int,
+    use_cache: bool, decode_cfg: DecodeConfig, first_line: int = 1,
+) -> list[str]:
+    """Translate `lines` in batches formed by length; returns the translations in input order.
+
+    A source longer than the model's positions is cut to max_positions - 1 tokens, with a
+    warning naming its line (counted from first_line).
+    """
+    sources = encode_sources(tokenizer, lines, model.cfg.max_positions - 1, first_line)
+    order = sorted((i for i, ids in enumerate(sources) if ids), key=lambda i: -len(sources[i]))
+    out = [""] * len(lines)
+    for start in range(0, len(order), batch_size):
+        batch = order[start:start + batch_size]
+        outputs = decode_ids(model, [sources[i] for i in batch], beam=beam, use_cache=use_cache,
+                             decode_cfg=decode_cfg)
+        for i, ids in zip(batch, outputs):
+            out[i] = tokenizer.decode_tgt(ids)
+    return out
+
+
+def encode_sources(
+    tokenizer: Tokenizer, lines: list[str], max_tokens: int, first_line: int = 1,
+) -> list[list[int]]:
+    """Source ids (pieces + EOS) per line, [] for a blank line, cut to max_tokens ending in EOS."""
+    texts = [line.strip() for line in lines]
+    encoded = iter(tokenizer.encode_src([text for text in texts if text]))
+    sources: list[list[int]] = []
+    for number, text in enumerate(texts, first_line):
+        ids = next(encoded) if text else []
+        if len(ids) > max_tokens:
+            log.warning("line %d: %d source subwords, more than the model's positions allow; "
+                        "translating the first %d", number, len(ids) - 1, max_tokens - 1)
+            ids = ids[:max_tokens - 1] + [Tokenizer.EOS]
+        sources.append(ids)
+    return sources
+
+
+def decode_ids(
+    model: Transformer, sources: list[list[int]], *, beam: int, use_cache: bool,
+    decode_cfg: DecodeConfig,
+) -> list[list[int]]:
+    """Greedy (beam 1) or beam search over one padded batch; returns output ids without EOS."""
+    device = next(model.parameters()).device
+    src_ids = torch.full((len(sources), max(map(len, sources))), model.pad_id, dtype=torch.long)
+    for row, ids in enumerate(sources):
+        src_ids[row, :len(ids)] = torch.tensor(ids)  # (B, S), padded on the right
+    limits = {"max_len_a": decode_cfg.max_len_a, "max_len_b": decode_cfg.max_len_b}
+    src_ids = src_ids.to(device)
+    if beam > 1:
+        return beam_search(model, src_ids, beam=beam, bos=Tokenizer.BOS, eos=Tokenizer.EOS,
+                           length_penalty=decode_cfg.length_penalty, **limits)
+    return greedy(model, src_ids, bos=Tokenizer.BOS, eos=Tokenizer.EOS, use_cache=use_cache,
+                  **limits)
+
+
+def read_chunks(stream: BinaryIO, max_lines: int, name: str = "stdin") -> Iterator[list[str]]:
+    """Lines of a binary stream, in chunks of at most max_lines, each as soon as it has arrived.
+
+    From a pipe: wait for one line, then take only the lines already there (or arriving within
+    READ_WINDOW). A stream without a file descriptor is read in full chunks. Raises DataError
+    naming the line that is not UTF-8.
+    """
+    try:
+        arrivals = _arrivals(stream.fileno())
+    except (AttributeError, OSError, ValueError):  # io.UnsupportedOperation is an OSError
+        arrivals = _chunked(iter(stream), max_lines)
+    number = 0
+    for raw_lines in arrivals:
+        texts = []
+        for raw in raw_lines:
+            number += 1
+            texts.append(decode_line(raw, number, name))
+        for start in range(0, len(texts), max_lines):
+            yield texts[start:start + max_lines]
+
+
+def _arrivals(fd: int) -> Iterator[list[bytes]]:
+    """Complete lines from fd, a list per burst: block for data, then take what is ready."""
+    partial = b""
+    while True:
+        data = os.read(fd, READ_BLOCK)
+        eof = not data
+        while data and len(data) < READ_BLOCK * 16 and select.select([fd], [], [], READ_WINDOW)[0]:
+            more = os.read(fd, READ_BLOCK)
+            eof = not more
+            if eof:
+                break
+            data += more
+        *lines, partial = (partial + data).split(b"\n")
+        if eof and partial:
+            lines.append(partial)
+        if lines:
+            yield lines
+        if eof:
+            return
+
+
+def decode_line(raw: bytes, number: int, name: str = "stdin") -> str:
+    """Line `number` of input `name` as text, without its line ending; DataError if not UTF-8."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise DataError(f"{name}, line {number}: not UTF-8 "
+                        f"({error.reason} at byte {error.start})") from None
+    if number == 1:
+        text = text.removeprefix("\ufeff")
+    return text.rstrip("\r\n")
+
+
+def _chunked(items: Iterator, size: int) -> Iterator[list]:
+    while chunk := [item for _, item in zip(range(size), items)]:
+        yield chunk

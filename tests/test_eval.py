@@ -1,0 +1,75 @@
+"""`mha eval` and sacreBLEU scoring: reports, JSON, hypotheses files, mismatched inputs."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import test_translate
+from test_translate import assert_user_error, invoke
+
+from mha.model.evaluate import score
+
+# the translate tests' fixtures: one tiny run per session, copies, one torch thread
+tiny_run, run_copy = test_translate.tiny_run, test_translate.run_copy
+_one_thread = test_translate._one_thread
+
+SOURCES = ["Ein Mann fährt Fahrrad.", "Zwei Hunde spielen im Schnee.", "Ein Kind lacht."]
+REFERENCES = ["A man rides a bike.", "Two dogs play in the snow.", "A child laughs."]
+
+
+def test_score_is_sacrebleu_with_its_signature():
+    perfect = score(REFERENCES, REFERENCES)
+    assert round(perfect["bleu"], 6) == 100 and round(perfect["chrf"], 6) == 100
+    assert {"tok:13a", "case:mixed"} <= set(perfect["signature"]["bleu"].split("|"))
+    assert perfect["signature"]["chrf"].startswith("nrefs:1|case:mixed")
+    assert score(["A dog.", "", "A child laughs."], REFERENCES)["bleu"] < 100
+
+
+def test_eval_of_the_test_split_prints_scores_and_writes_hypotheses(run_copy):
+    result = invoke("eval", run_copy)
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("BLEU = ") and "tok:13a" in lines[1]
+    assert lines[2].startswith("chrF2 = ") and "nc:6" in lines[3]
+    hypotheses = (run_copy / "eval" / "test.greedy.hyp").read_text(encoding="utf-8").splitlines()
+    assert len(hypotheses) == 300 and str(run_copy / "eval" / "test.greedy.hyp") in lines[4]
+
+
+def test_eval_json_from_files_with_a_beam(run_copy, tmp_path):
+    src, ref, hyp = tmp_path / "few.de", tmp_path / "few.en", tmp_path / "out" / "few.hyp"
+    src.write_text("\n".join(SOURCES) + "\n", encoding="utf-8")
+    ref.write_text("\n".join(REFERENCES) + "\n", encoding="utf-8")
+    result = invoke("eval", run_copy, "--src-file", src, "--ref-file", ref, "--json", "--beam", "2")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert {"bleu", "chrf", "signature", "sentences", "seconds"} <= report.keys()
+    assert report["sentences"] == 3 and report["beam"] == 2
+    assert len((run_copy / "eval" / "few.de.beam2.hyp").read_text().splitlines()) == 3
+    result = invoke("eval", run_copy, "--src-file", src, "--ref-file", ref, "--output", hyp)
+    assert result.exit_code == 0, result.output
+    assert len(hyp.read_text().splitlines()) == 3
+
+
+def test_bad_eval_input_is_one_error_line_and_writes_nothing(tiny_run, run_copy, tmp_path):
+    src, ref, bad = tmp_path / "a.de", tmp_path / "a.en", tmp_path / "bad.en"
+    src.write_text("\n".join(SOURCES) + "\n", encoding="utf-8")
+    ref.write_text("\n".join(REFERENCES[:2]) + "\n", encoding="utf-8")
+    bad.write_bytes(b"A man.\nA \xc3 dog.\nok\n")
+    shutil.rmtree(run_copy / "data")
+    cases = [
+        (["--src-file", src, "--ref-file", ref], "has 3 lines but"),
+        (["--src-file", src], "go together"),
+        (["--src-file", src, "--ref-file", bad], "bad.en, line 2: not UTF-8"),
+        (["--split", "train"], "split must be one of test, val"),
+    ]
+    for args, message in cases:
+        assert_user_error(tiny_run, ["eval", tiny_run, *args], message)
+    assert_user_error(run_copy, ["eval", run_copy], "no tokenized data")
+    assert not (tiny_run / "eval").exists() and not (run_copy / "eval").exists()
+    assert_user_error(tmp_path, ["eval", tmp_path / "missing"], "does not exist")
+
+
+def test_the_command_list_shows_translate_and_eval():
+    result = invoke("--help")
+    assert "translate" in result.stdout and "eval" in result.stdout

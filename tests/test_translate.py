@@ -1,0 +1,294 @@
+"""`mha translate`: line discipline, input sources, cached vs uncached, beams, pictures, bad input.
+
+The session fixture `tiny_run` builds a real run folder in seconds: a tokenizer and encoded data
+from 300 Multi30k pairs (`prepare`), a tiny model trained for 60 steps, best.pt and last.pt.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import dataclasses
+import os
+import selectors
+import shutil
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import datasets
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from mha.cli.app import app
+from mha.configs.schema import DataConfig, dump, load_config, to_dict
+from mha.data.prepare import prepare
+from mha.data.tokenizer import train_tokenizer
+from mha.model import checkpoint
+from mha.model.decode import beam_search, greedy
+from mha.model.inference import load_model
+from mha.model.plot_attention import attention_weights, plot_attention
+from mha.model.transformer import Transformer
+from mha.model.translate import read_chunks, translate_lines
+
+SENTENCES = ["Ein Mann fährt Fahrrad.", "Zwei Hunde spielen im Schnee.",
+             "Eine Frau mit einem roten Hut sitzt auf einer Bank."]
+_RUNS: dict[int, Path] = {}  # one run per session, also when test_eval imports the fixture
+
+
+def make_tiny_run(folder: Path, corpus: Path, steps: int = 60) -> Path:
+    """A run folder as `mha train` leaves it: config.yaml, tokenizer/, data/, checkpoints/."""
+    cfg = load_config("tiny", [f"run_dir={folder}", f"data.corpus={corpus}", "data.vocab_size=200",
+                               "model.dropout=0.0"])
+    prepared = prepare(cfg)
+    torch.manual_seed(0)
+    tokenizer = prepared.tokenizer
+    model = Transformer(cfg.model, tokenizer.src_vocab_size, tokenizer.tgt_vocab_size)
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    rows = prepared.splits["train"]
+    src_rows, tgt_rows = rows["src_ids"], rows["tgt_ids"]
+    for step in range(steps):
+        start = step * 32 % (len(src_rows) - 32)
+        src_ids, tgt_ids = _pad(src_rows[start:start + 32]), _pad(tgt_rows[start:start + 32])
+        logits = model(src_ids, tgt_ids[:, :-1])  # (B, T, V)
+        loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), tgt_ids[:, 1:].flatten(),
+                                                 ignore_index=0)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    state = {"step": steps, "config": to_dict(cfg), "tokenizer": tokenizer.to_state(),
+             "model": model.state_dict()}
+    for name in ("best", "last"):
+        checkpoint.save(state, folder / "checkpoints" / f"{name}.pt")
+    (folder / "config.yaml").write_text(dump(cfg))
+    return folder
+
+
+def _pad(rows: list[list[int]]) -> torch.Tensor:
+    out = torch.zeros(len(rows), max(map(len, rows)), dtype=torch.long)
+    for i, row in enumerate(rows):
+        out[i, :len(row)] = torch.tensor(row)
+    return out  # (B, longest)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    with one_thread():
+        yield
+
+
+@contextlib.contextmanager
+def one_thread():
+    """Two torch threads on a shared 2-core machine spin against each other: 50x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def tiny_run(small_corpus: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Shared by the session: copy it (`run_copy`) before changing anything in it."""
+    if not _RUNS:
+        with one_thread():
+            _RUNS[0] = make_tiny_run(tmp_path_factory.mktemp("tiny_run"), small_corpus)
+    return _RUNS[0]
+
+
+@pytest.fixture(scope="session")
+def loaded(tiny_run: Path):
+    return load_model(tiny_run)
+
+
+@pytest.fixture
+def run_copy(tiny_run: Path, tmp_path: Path) -> Path:
+    return Path(shutil.copytree(tiny_run, tmp_path / "run"))
+
+
+def invoke(*args: str | Path, input: str | bytes | None = None):
+    return CliRunner().invoke(app, [str(a) for a in args], input=input)
+
+
+def translate_all(loaded, lines, **options) -> list[str]:
+    model, tokenizer, cfg = loaded
+    settings = {"batch_size": 4, "beam": 1, "use_cache": True, "decode_cfg": cfg.decode, **options}
+    return list(translate_lines(model, tokenizer, lines, **settings))
+
+
+def test_one_line_out_per_line_in_in_order_with_empty_lines_kept(tiny_run, loaded):
+    lines = [SENTENCES[0], "", SENTENCES[1], "   ", SENTENCES[2]]
+    result = invoke("translate", tiny_run, *lines)
+    assert result.exit_code == 0, result.output
+    out = result.stdout.splitlines()
+    assert len(out) == 5 and out[1] == "" and out[3] == ""
+    assert all(out[i] for i in (0, 2, 4)), out
+    alone = [translate_all(loaded, [s])[0] for s in SENTENCES]  # batching must not change order
+    assert [out[0], out[2], out[4]] == alone
+
+
+def test_arguments_input_file_stdin_and_output_file_agree(tiny_run, tmp_path):
+    lines = [*SENTENCES, "", SENTENCES[0]]
+    source = tmp_path / "in.de"
+    source.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    from_args = invoke("translate", tiny_run, *lines).stdout
+    from_file = invoke("translate", tiny_run, "--input", source).stdout
+    from_stdin = invoke("translate", tiny_run, "--batch-size", "2", input=source.read_text()).stdout
+    written = invoke("translate", tiny_run, "--input", source, "--output", tmp_path / "out.en")
+    assert written.exit_code == 0 and written.stdout == ""
+    assert from_args == from_file == from_stdin == (tmp_path / "out.en").read_text()
+    assert len(from_args.splitlines()) == len(lines)
+
+
+def test_uncached_greedy_gives_the_same_output(tiny_run, loaded, small_corpus):
+    lines = (small_corpus / "val.de").read_text(encoding="utf-8").splitlines()[:24]
+    assert translate_all(loaded, lines, use_cache=False) == translate_all(loaded, lines)
+    cached = invoke("translate", tiny_run, *SENTENCES).stdout
+    assert invoke("translate", tiny_run, "--no-cache", *SENTENCES).stdout == cached
+
+
+def test_beam_of_one_without_length_penalty_is_greedy(loaded):
+    model, tokenizer, _ = loaded
+    src_ids = _pad(tokenizer.encode_src(SENTENCES))
+    assert beam_search(model, src_ids, beam=1, bos=2, eos=3, length_penalty=0.0) == \
+        greedy(model, src_ids, bos=2, eos=3)
+
+
+def test_beam_search_translates_every_line(tiny_run):
+    result = invoke("translate", tiny_run, "--beam", "4", SENTENCES[0], "", SENTENCES[1])
+    assert result.exit_code == 0, result.output
+    out = result.stdout.splitlines()
+    assert len(out) == 3 and out[0] and out[1] == "" and out[2]
+
+
+def test_too_long_a_sentence_is_cut_with_a_warning_naming_its_line(tiny_run, caplog):
+    long_sentence = " ".join(["Hund"] * 400)
+    result = invoke("translate", tiny_run, SENTENCES[0], long_sentence)
+    assert result.exit_code == 0, result.output
+    assert len(result.stdout.splitlines()) == 2
+    assert any("line 2" in r.getMessage() and r.levelname == "WARNING" for r in caplog.records)
+
+
+def test_a_pipe_gets_each_line_before_the_next_is_written():
+    read_fd, write_fd = os.pipe()
+    with os.fdopen(read_fd, "rb") as stream, concurrent.futures.ThreadPoolExecutor(1) as pool:
+        chunks = read_chunks(stream, 64)
+        os.write(write_fd, "a\nö".encode())  # "ö" has no newline yet: it must wait
+        assert pool.submit(next, chunks).result(timeout=10) == ["a"]
+        os.write(write_fd, b"\n\nc")
+        os.close(write_fd)
+        assert pool.submit(list, chunks).result(timeout=10) == [["ö", "", "c"]]
+
+
+def test_the_command_answers_a_line_at_a_time_producer(tiny_run):
+    command = [sys.executable, "-m", "mha.cli", "translate", str(tiny_run), "--device", "cpu"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    with subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                          stderr=subprocess.DEVNULL, env=env) as process:
+        timer = threading.Timer(120, process.kill)  # a hang fails the test instead of blocking it
+        timer.start()
+        try:
+            process.stdin.write(f"{SENTENCES[0]}\n".encode())
+            process.stdin.flush()
+            with selectors.DefaultSelector() as selector:  # the answer comes while stdin is open
+                selector.register(process.stdout, selectors.EVENT_READ)
+                assert selector.select(timeout=100), "no answer before the next line was sent"
+            first = process.stdout.readline()
+            process.stdin.write(f"{SENTENCES[1]}\n".encode())
+            process.stdin.close()
+            rest = process.stdout.read()
+        finally:
+            timer.cancel()
+    assert process.returncode == 0
+    assert first.strip() and len(rest.splitlines()) == 1
+
+
+def test_attention_picture_has_a_panel_per_layer_and_head(tiny_run, loaded, tmp_path):
+    _, tokenizer, cfg = loaded
+    picture = tmp_path / "attention.png"
+    result = invoke("translate", tiny_run, SENTENCES[2], "--attention", picture, "--self-attention")
+    assert result.exit_code == 0, result.output
+    assert picture.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert result.stdout.strip() == translate_all(loaded, [SENTENCES[2]])[0]
+    torch.manual_seed(0)
+    deeper = Transformer(dataclasses.replace(cfg.model, decoder_layers=3),
+                         tokenizer.src_vocab_size, tokenizer.tgt_vocab_size).eval()
+    attention = attention_weights(deeper, tokenizer, SENTENCES[0], cfg.decode)
+    S, T = len(attention.src_pieces), len(attention.tgt_out_pieces)
+    assert [tuple(w.shape) for w in attention.cross] == [(2, T, S)] * 3
+    for self_attention, rows in ((False, 3), (True, 2 * 3)):
+        figure = plot_attention(attention, self_attention=self_attention)
+        assert len([ax for ax in figure.axes if ax.get_label() != "<colorbar>"]) == rows * 2
+
+
+def _corrupt(run: Path, how: str) -> None:
+    best = run / "checkpoints" / "best.pt"
+    if how == "truncated":
+        best.write_bytes(best.read_bytes()[: best.stat().st_size // 2])
+    elif how == "garbage":
+        best.write_bytes(os.urandom(4096))
+    elif how == "no checkpoints":
+        shutil.rmtree(run / "checkpoints")
+    elif how == "other config":
+        (run / "config.yaml").write_text(
+            (run / "config.yaml").read_text().replace("d_model: 64", "d_model: 32"))
+    elif how == "other vocabulary":
+        pairs = datasets.Dataset.from_dict({"src": SENTENCES * 20, "tgt": SENTENCES[::-1] * 20})
+        train_tokenizer(pairs, DataConfig(vocab_size=60), run / "tokenizer")
+    elif how == "broken tokenizer":
+        (run / "tokenizer" / "spm.model").write_bytes(b"not a model")
+    elif how == "weights":
+        state = checkpoint.load(best)
+        del state["model"]["decoder_norm.weight"]
+        checkpoint.save(state, best)
+
+
+@pytest.mark.parametrize("how, message", [
+    ("truncated", "truncated or corrupt"), ("garbage", "truncated or corrupt"),
+    ("no checkpoints", "has no checkpoints/best.pt"), ("other config", "model.d_model 64 vs 32"),
+    ("other vocabulary", "different vocabulary"), ("broken tokenizer", "does not load"),
+    ("weights", "decoder_norm.weight"),
+])
+def test_a_bad_run_folder_is_one_error_line(run_copy, how, message):
+    _corrupt(run_copy, how)
+    assert_user_error(run_copy, ["translate", run_copy, SENTENCES[0]], message)
+
+
+def test_bad_input_is_one_error_line_and_changes_nothing(tiny_run, tmp_path):
+    bad = tmp_path / "bad.de"
+    bad.write_bytes(b"Ein Hund.\nein \xff Hund\n")
+    output = tmp_path / "out.en"
+    output.write_text("keep me\n")
+    cases = [
+        (["translate", tmp_path / "no-such-run", "Hallo"], "does not exist"),
+        (["translate", tiny_run, "--input", bad, "--output", output], "line 2: not UTF-8"),
+        (["translate", tiny_run, "Hallo", "--input", bad], "not both"),
+        (["translate", tiny_run, "a", "b", "--attention", tmp_path / "a.png"], "exactly one TEXT"),
+        (["translate", tiny_run, "--checkpoint", tmp_path / "no.pt", "Hallo"], "no checkpoint at"),
+    ]
+    if not torch.cuda.is_available():
+        cases.append((["translate", tiny_run, "--device", "cuda", "Hi"], "CUDA is not available"))
+    for args, message in cases:
+        assert_user_error(tiny_run, args, message)
+    piped = ["translate", tiny_run, "--output", output]
+    assert_user_error(tiny_run, piped, "stdin, line 2: not UTF-8", input=b"Hallo\n\xfe\n")
+    assert output.read_text() == "keep me\n" and not (tmp_path / "a.png").exists()
+
+
+def assert_user_error(run: Path, args: list, message: str, input: bytes | None = None) -> None:
+    """Exit 2, one 'error:' line holding message on stderr, no traceback, run folder untouched."""
+    before = _stamps(run)
+    result = invoke(*args, input=input)
+    assert result.exit_code == 2, (result.exit_code, result.output)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], lines
+    assert "Traceback" not in result.output
+    assert _stamps(run) == before
+
+
+def _stamps(run: Path) -> dict[Path, tuple[bytes, int]]:
+    return {path: (path.read_bytes(), path.stat().st_mtime_ns)
+            for path in run.rglob("*") if path.is_file() and path.parent.name != "data"}
