@@ -25,22 +25,34 @@ def greedy(
 ) -> list[list[int]]:
     """Most probable next token, one step at a time. src_ids (B, S) -> B lists of ids (no BOS/EOS).
 
-    Without the cache every step recomputes the whole prefix: same output, quadratic work.
+    A sentence leaves the batch (and the cache) as soon as it ends, so later steps only work on
+    the rows still decoding. Without the cache every step recomputes the whole prefix: same
+    output, quadratic work.
     """
     src_pad_mask = padding_mask(src_ids, model.pad_id)
     memory = model.encode(src_ids, src_pad_mask)  # (B, S, D)
     limits = length_limits(src_pad_mask, max_len_a, max_len_b, model.cfg.max_positions)
+    rows = torch.arange(src_ids.shape[0], device=src_ids.device)  # batch index of each live row
     tgt = torch.full((src_ids.shape[0], 1), bos, dtype=torch.long, device=src_ids.device)
-    done = torch.zeros(src_ids.shape[0], dtype=torch.bool, device=src_ids.device)
+    outputs: list[list[int]] = [[] for _ in range(src_ids.shape[0])]
     cache = model.new_cache() if use_cache else None
     for step in range(int(limits.max())):
         logits = model.decode(tgt[:, -1:] if use_cache else tgt, memory, src_pad_mask, cache)
-        next_ids = logits[:, -1].argmax(dim=-1).masked_fill(done, model.pad_id)  # (B,)
-        tgt = torch.cat([tgt, next_ids[:, None]], dim=1)  # (B, step + 2)
-        done |= next_ids.eq(eos) | (limits <= step + 1)
-        if done.all():
+        next_ids = logits[:, -1].argmax(dim=-1)  # (b,) for the b live rows
+        tgt = torch.cat([tgt, next_ids[:, None]], dim=1)  # (b, step + 2)
+        done = next_ids.eq(eos) | (limits <= step + 1)  # (b,)
+        if not done.any():
+            continue
+        for row, ids in zip(rows[done].tolist(), tgt[done, 1:].tolist()):
+            outputs[row] = _strip(ids, eos, model.pad_id)
+        keep = (~done).nonzero().squeeze(1)  # (b',) live rows that go on
+        if keep.numel() == 0:
             break
-    return [_strip(row, eos, model.pad_id) for row in tgt[:, 1:].tolist()]
+        rows, tgt, limits = rows[keep], tgt[keep], limits[keep]
+        memory, src_pad_mask = memory[keep], src_pad_mask[keep]  # (b', S, D), (b', S)
+        if cache is not None:
+            cache.reorder(keep)
+    return outputs
 
 
 @torch.no_grad()
