@@ -90,8 +90,8 @@ def tokenize(
 RunArg = Annotated[Path, typer.Argument(help="A run folder made by `mha train`.")]
 CheckpointOpt = Annotated[str, typer.Option("--checkpoint", help="best, last or a checkpoint path.")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto (cuda when available), cpu or cuda.")]
-BeamOpt = Annotated[int | None, typer.Option("--beam", min=1, help="Beam size; 1 is greedy. [default: the run's decode.beam]")]
-BatchOpt = Annotated[int | None, typer.Option("--batch-size", min=1, help="Sentences per batch. [default: the run's decode.batch_size]")]
+BeamOpt = Annotated[int | None, typer.Option("--beam", min=1, help="Beam size; 1 is greedy (default: the run's decode.beam).")]
+BatchOpt = Annotated[int | None, typer.Option("--batch-size", min=1, help="Sentences per batch (default: the run's decode.batch_size).")]
 
 
 @command
@@ -161,7 +161,7 @@ def eval(  # the command's name; shadows the builtin only inside this module
     split: Annotated[str, typer.Option("--split", help="The run's prepared split to score: test or val.")] = "test",
     src_file: Annotated[Path | None, typer.Option("--src-file", help="Score these sources instead of a split.")] = None,
     ref_file: Annotated[Path | None, typer.Option("--ref-file", help="References for --src-file, line by line.")] = None,
-    output_file: Annotated[Path | None, typer.Option("--output", help="Hypotheses file. [default: RUN/eval/SPLIT.MODE.hyp]", show_default=False)] = None,
+    output_file: Annotated[Path | None, typer.Option("--output", help="Hypotheses file (default: RUN/eval/SPLIT.greedy.hyp or .beamN.hyp).", show_default=False)] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
     beam: BeamOpt = None,
     batch_size: BatchOpt = None,
