@@ -25,13 +25,10 @@ def user_errors() -> tuple[type[Exception], ...]:
     """The project's own errors: shown as one line on stderr with exit code 2, no traceback."""
     from mha.data.corpus import DataError
 
-    errors: list[type[Exception]] = [ConfigError, DataError]
-    try:
-        from mha.model.checkpoint import CheckpointError
-        errors.append(CheckpointError)
-    except ImportError:
-        pass
-    return tuple(errors)
+    from mha.model.checkpoint import CheckpointError
+    from mha.model.train import TrainingError
+
+    return ConfigError, DataError, CheckpointError, TrainingError
 
 
 def fail(message: str) -> None:
@@ -85,6 +82,21 @@ def tokenize(
     prepared = prepare(cfg, rebuild=rebuild)
     typer.echo(format_report(prepared.report))
     typer.echo(f"tokenizer: {cfg.run_dir}/tokenizer  data: {cfg.run_dir}/data")
+
+
+@command
+def train(
+    config_path: ConfigArg,
+    overrides: SetOpt = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue from run_dir/checkpoints/last.pt.")] = False,
+) -> None:
+    """Train a transformer (tokenizing first if the run folder has no data). Works under torchrun."""
+    from mha.model.train import train as run_training
+
+    cfg = config(config_path, overrides)
+    progress = run_training(cfg, resume=resume)
+    typer.echo(f"best validation BLEU {progress.best_bleu:.2f} at step {progress.best_step}; "
+               f"checkpoints in {cfg.run_dir}/checkpoints")
 
 
 RunArg = Annotated[Path, typer.Argument(help="A run folder made by `mha train`.")]

@@ -1,0 +1,128 @@
+"""Training speed: mha against torch.nn.Transformer on the same Multi30k batches, in one run.
+
+For each model size: training tokens/s (source + target, padding excluded), seconds per update,
+achieved GFLOP/s (the FLOPs that `mha info` counts, x3 for forward + backward) and MFU against the
+matmul peaks this script measures first, fp32 and bf16. Prints a markdown table.
+
+    python bench/train_speed.py [--steps 8] [--precision fp32 bf16]
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import tempfile
+import time
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mha.configs.schema import load_config
+from mha.data.batching import TokenBatches, collate
+from mha.data.prepare import prepare
+from mha.model import Transformer
+from mha.model.info import training_flops
+
+SIZES = {  # name -> config overrides
+    "multi30k_de_en preset": [],
+    "reference 3+3, d256, h4, ff1024, 8k": ["data.vocab_size=8000", "model.d_model=256",
+                                            "model.heads=4", "model.encoder_layers=3",
+                                            "model.decoder_layers=3", "model.d_ff=1024"],
+}
+
+
+def matmul_peak(dtype: torch.dtype, n: int = 2048, repeats: int = 5) -> float:
+    """GFLOP/s of a square matmul, the best of a few."""
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    a @ b
+    best = math.inf
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - start)
+    return 2 * n**3 / best / 1e9
+
+
+class TorchTransformer(nn.Module):
+    """torch.nn.Transformer with the same embeddings, sizes and output layer as mha's."""
+
+    def __init__(self, cfg, vocab: int) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(vocab, cfg.d_model, padding_idx=0)
+        self.body = nn.Transformer(cfg.d_model, cfg.heads, cfg.encoder_layers, cfg.decoder_layers,
+                                   cfg.d_ff, cfg.dropout, batch_first=True, norm_first=cfg.norm == "pre")
+        self.output = nn.Linear(cfg.d_model, vocab, bias=False)
+        self.output.weight = self.embed.weight
+        self.scale = math.sqrt(cfg.d_model)
+        self.positions = Transformer(cfg, vocab, vocab).positions
+
+    def forward(self, src, tgt_in):
+        embed = lambda ids: self.embed(ids) * self.scale + self.positions(ids.shape[1])  # noqa: E731
+        causal = self.body.generate_square_subsequent_mask(tgt_in.shape[1], dtype=torch.bool)
+        hidden = self.body(embed(src), embed(tgt_in), tgt_mask=causal, tgt_is_causal=True,
+                           src_key_padding_mask=src.eq(0), memory_key_padding_mask=src.eq(0))
+        return self.output(hidden)
+
+
+def time_training(model: nn.Module, batches: list, precision: str) -> float:
+    """Seconds per update, median of the timed batches after two warm-up updates."""
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4, betas=(0.9, 0.98), eps=1e-9)
+    model.train()
+    times = []
+    for i, batch in enumerate(batches):
+        start = time.perf_counter()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+            logits = model(batch.src_ids, batch.tgt_in)
+        loss = F.cross_entropy(logits.float().flatten(0, 1), batch.tgt_out.flatten(),
+                               ignore_index=0, label_smoothing=0.1)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if i >= 2:
+            times.append(time.perf_counter() - start)
+    return sorted(times)[len(times) // 2]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=8, help="timed updates per model")
+    parser.add_argument("--precision", nargs="+", default=["fp32"], choices=["fp32", "bf16"])
+    args = parser.parse_args()
+    peaks = {"fp32": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16, repeats=2)}
+    print(f"matmul peak on this machine: fp32 {peaks['fp32']:.0f} GFLOP/s, bf16 {peaks['bf16']:.0f} "
+          f"GFLOP/s; {torch.get_num_threads()} threads; CPU capability "
+          f"{torch.backends.cpu.get_cpu_capability()}\n")
+    print("| model | implementation | precision | s/update | src+tgt tokens/s | GFLOP/s | MFU (fp32 peak) | MFU (bf16 peak) | padding |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, overrides in SIZES.items():
+            cfg = load_config("multi30k_de_en", [*overrides, f"run_dir={tmp}/{len(overrides)}",
+                                                 "model.dropout=0.1"])
+            prepared = prepare(cfg)
+            train = prepared.splits["train"]
+            src_ids, tgt_ids = train["src_ids"], train["tgt_ids"]
+            order = TokenBatches([len(s) for s in src_ids], [len(t) for t in tgt_ids],
+                                 cfg.train.batch_tokens, seed=1).epoch(0)[: args.steps + 2]
+            batches = [collate([src_ids[i] for i in b], [tgt_ids[i] for i in b]) for b in order]
+            timed = batches[2:]
+            src_tokens = sum(b.src_tokens for b in timed) / len(timed)
+            tgt_tokens = sum(b.tgt_tokens for b in timed) / len(timed)
+            padded = sum(b.src_ids.numel() + b.tgt_out.numel() for b in timed) / len(timed)
+            vocab = prepared.tokenizer.src_vocab_size
+            flops = sum(training_flops(cfg.model, vocab, vocab, b.src_tokens, b.tgt_tokens,
+                                       b.src_ids.shape[1], b.tgt_in.shape[1]) for b in timed) / len(timed)
+            for precision in args.precision:
+                for label, build in (("mha", lambda: Transformer(cfg.model, vocab, vocab)),
+                                     ("torch.nn.Transformer", lambda: TorchTransformer(cfg.model, vocab))):
+                    torch.manual_seed(0)
+                    seconds = time_training(build(), batches, precision)
+                    gflops = flops / seconds / 1e9
+                    print(f"| {name} | {label} | {precision} | {seconds:.3f} | "
+                          f"{(src_tokens + tgt_tokens) / seconds:,.0f} | {gflops:.0f} | "
+                          f"{gflops / peaks['fp32']:.0%} | {gflops / peaks['bf16']:.0%} | "
+                          f"{1 - (src_tokens + tgt_tokens) / padded:.1%} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()

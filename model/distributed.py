@@ -1,0 +1,64 @@
+"""DistributedDataParallel under torchrun (gloo on CPU, NCCL on GPU), and a no-op for one process."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+
+
+class Distributed:
+    """The process group, if torchrun started several processes; rank 0 alone writes files."""
+
+    def __init__(self, rank: int = 0, world_size: int = 1, device: torch.device | None = None) -> None:
+        self.rank, self.world_size, self.device = rank, world_size, device
+
+    @classmethod
+    def from_env(cls, device_name: str = "auto") -> Distributed:
+        world_size = int(os.environ.get("WORLD_SIZE", "1"))
+        if world_size == 1:
+            return cls()
+        use_cuda = torch.cuda.is_available() and device_name != "cpu"
+        dist.init_process_group("nccl" if use_cuda else "gloo")
+        device = torch.device("cpu")
+        if use_cuda:
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+            torch.cuda.set_device(device)
+        return cls(dist.get_rank(), world_size, device)
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def wrap(self, model: nn.Module) -> nn.Module:
+        if self.world_size == 1:
+            return model
+        return nn.parallel.DistributedDataParallel(model, device_ids=[self.device] if self.device.type == "cuda" else None)
+
+    def no_sync(self, net: nn.Module):
+        """Skip the gradient all-reduce on all but the last micro-batch of an update."""
+        return net.no_sync() if self.world_size > 1 else contextlib.nullcontext()
+
+    def sum(self, *tensors: Tensor) -> tuple[Tensor, ...]:
+        if self.world_size > 1:
+            for tensor in tensors:
+                dist.all_reduce(tensor)
+        return tensors
+
+    def broadcast_flag(self, flag: bool) -> bool:
+        if self.world_size == 1:
+            return flag
+        value = torch.tensor([float(flag)], device=self.device)
+        dist.broadcast(value, src=0)
+        return bool(value.item())
+
+    def barrier(self) -> None:
+        if self.world_size > 1:
+            dist.barrier()
+
+    def close(self) -> None:
+        if self.world_size > 1 and dist.is_initialized():
+            dist.destroy_process_group()

@@ -1,0 +1,50 @@
+"""Validation: label-smoothed loss under teacher forcing and greedy sacreBLEU on the val split."""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import sacrebleu
+import torch
+import torch.nn.functional as F
+
+from mha.configs.schema import Config
+from mha.data.batching import collate
+from mha.data.prepare import Prepared
+from mha.model.decode import greedy
+from mha.model.transformer import Transformer
+
+
+@dataclass(frozen=True)
+class Validation:
+    loss: float  # per target token, label-smoothed like the training loss
+    bleu: float  # sacreBLEU, cased, detokenized, greedy decoding
+
+
+@torch.no_grad()
+def validate(model: Transformer, prepared: Prepared, cfg: Config, device: torch.device,
+             autocast=contextlib.nullcontext()) -> Validation:
+    model.eval()
+    rows = prepared.splits["val"]
+    src_ids, tgt_ids, refs = rows["src_ids"], rows["tgt_ids"], rows["tgt"]
+    limit = cfg.model.max_positions - 1
+    order = sorted(range(len(src_ids)), key=lambda i: len(src_ids[i]))
+    hypotheses: list[str] = [""] * len(order)
+    loss_sum, tokens = 0.0, 0
+    tokenizer = prepared.tokenizer
+    for start in range(0, len(order), cfg.decode.batch_size):
+        indices = order[start:start + cfg.decode.batch_size]
+        batch = collate([src_ids[i][:limit] for i in indices], [tgt_ids[i][:limit + 1] for i in indices])
+        src, tgt_in, tgt_out = batch.src_ids.to(device), batch.tgt_in.to(device), batch.tgt_out.to(device)
+        with autocast:
+            logits = model(src, tgt_in)  # (B, T, V)
+            outputs = greedy(model, src, bos=tokenizer.BOS, eos=tokenizer.EOS,
+                             max_len_a=cfg.decode.max_len_a, max_len_b=cfg.decode.max_len_b)
+        loss_sum += F.cross_entropy(logits.float().flatten(0, 1), tgt_out.flatten(), ignore_index=0,
+                                    reduction="sum", label_smoothing=cfg.train.label_smoothing).item()
+        tokens += int(tgt_out.ne(0).sum())
+        for i, ids in zip(indices, outputs):
+            hypotheses[i] = tokenizer.decode_tgt(ids)
+    bleu = sacrebleu.corpus_bleu(hypotheses, [list(refs)]).score
+    return Validation(loss_sum / max(tokens, 1), bleu)
