@@ -99,6 +99,24 @@ def train(
                f"checkpoints in {cfg.run_dir}/checkpoints")
 
 
+@command
+def info(
+    config_path: ConfigArg,
+    overrides: SetOpt = None,
+    src_len: Annotated[float, typer.Option("--src-len", min=1, help="Mean source length in tokens (attention scores grow with it).")] = 16,
+    tgt_len: Annotated[float, typer.Option("--tgt-len", min=1, help="Mean target length in tokens.")] = 16,
+    vocab: Annotated[int | None, typer.Option("--vocab", min=1, help="Vocabulary size per side (default: data.vocab_size).", show_default=False)] = None,
+) -> None:
+    """Parameters and FLOPs per token by component, from the config alone (nothing is built)."""
+    from mha.model.info import format_info
+
+    cfg = config(config_path, overrides)
+    size = vocab or cfg.data.vocab_size  # a joint vocabulary, or one of this size per side
+    typer.echo(format_info(cfg.model, size, size, src_len, tgt_len))
+    typer.echo(f"vocabulary: {size:,} {'joint' if cfg.data.joint_vocab else 'per side'}; "
+               f"embeddings {'tied' if cfg.model.tie_embeddings else 'untied'}")
+
+
 RunArg = Annotated[Path, typer.Argument(help="A run folder made by `mha train`.")]
 CheckpointOpt = Annotated[str, typer.Option("--checkpoint", help="best, last or a checkpoint path.")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto (cuda when available), cpu or cuda.")]

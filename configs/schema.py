@@ -24,7 +24,11 @@ MULTI30K_SPLITS = ("train", "val", "test_2016_flickr")
 
 
 class ConfigError(ValueError):
-    """A config that cannot be used; the message lists every problem, one per line."""
+    """A config that cannot be used; the message lists every problem, separated by "; "."""
+
+
+# PyYAML follows YAML 1.1, where 1e-3 (no dot) is a string; float fields take it as a number.
+_EXPONENT_FLOAT = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 
 
 @dataclass(frozen=True)
@@ -166,7 +170,9 @@ def _apply_override(raw: dict, item: str) -> None:
     node = raw
     *parents, leaf = key.strip().split(".")
     for part in parents:
-        node = node.setdefault(part, {})
+        if node.get(part) is None:  # absent, or an empty section (`model:` with nothing below)
+            node[part] = {}
+        node = node[part]
         if not isinstance(node, dict):
             raise ConfigError(f"--set {item!r}: {part!r} is not a section")
     try:
@@ -213,6 +219,8 @@ def _coerce(value: Any, kind: Any) -> tuple[bool, Any]:
         if option is int and isinstance(value, int) and not isinstance(value, bool):
             return True, value
         if option is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return True, float(value)
+        if option is float and isinstance(value, str) and _EXPONENT_FLOAT.fullmatch(value):
             return True, float(value)
         if option is str and isinstance(value, (str, int, float)) and not isinstance(value, bool):
             return True, str(value)
@@ -271,11 +279,12 @@ def _check(cfg: Config) -> list[str]:
             problems.append(f"{key} must be one of {', '.join(allowed)}, got {value!r}")
     if t.max_time is not None:
         try:
-            parse_duration(t.max_time)
+            if parse_duration(t.max_time) <= 0:
+                problems.append(f"train.max_time must be positive, got {t.max_time!r}")
         except ValueError as error:
             problems.append(f"train.max_time: {error}")
     if d.src_lang == d.tgt_lang:
-        problems.append(f"data.src_lang and data.tgt_lang are both {d.src_lang!r}")
+        problems.append(f"data.src_lang and data.tgt_lang must differ, both are {d.src_lang!r}")
     if d.corpus == "multi30k":
         for key, lang in (("data.src_lang", d.src_lang), ("data.tgt_lang", d.tgt_lang)):
             if lang not in MULTI30K_LANGS:

@@ -7,7 +7,7 @@ cost 2 * 2 * D per key, again independent of h. Training costs 3x the forward (b
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from mha.configs.schema import ModelConfig
 
@@ -51,3 +51,58 @@ def training_flops(cfg: ModelConfig, src_vocab: int, tgt_vocab: int, src_tokens:
     """Forward + backward FLOPs of one batch: 3 x the forward count."""
     parts = components(cfg, src_vocab, tgt_vocab, src_len, tgt_len)
     return 3 * sum(c.src_flops * src_tokens + c.tgt_flops * tgt_tokens for c in parts)
+
+
+
+HEAD_COUNTS = (1, 2, 4, 8, 16, 32)  # the head counts `mha info` compares (those dividing d_model)
+
+
+def format_info(cfg: ModelConfig, src_vocab: int, tgt_vocab: int, src_len: float = 16,
+                tgt_len: float = 16) -> str:
+    """The `mha info` report: parameters and forward FLOPs by component, totals, d_k, and the
+    attention FLOPs recomputed for every head count in HEAD_COUNTS that divides d_model."""
+    parts = components(cfg, src_vocab, tgt_vocab, src_len, tgt_len)
+    total = Component("total", sum(c.params for c in parts), sum(c.src_flops for c in parts),
+                      sum(c.tgt_flops for c in parts))
+    lines = [
+        (f"d_model {cfg.d_model}, heads {cfg.heads}, d_k = d_model / heads = "
+         f"{cfg.d_model // cfg.heads}, {cfg.encoder_layers} + {cfg.decoder_layers} layers, "
+         f"d_ff {cfg.d_ff}, vocabulary {src_vocab:,} -> {tgt_vocab:,}"),
+        (f"forward FLOPs (a multiply-add is 2) at source length {src_len:g} and target length "
+         f"{tgt_len:g}; per token = per sentence pair / (source + target tokens)"),
+        "",
+        (f"{'component':<24} {'parameters':>12} {'per src token':>14} {'per tgt token':>14} "
+         f"{'per token':>10}"),
+    ]
+    for c in [*parts, total]:
+        lines.append(f"{c.name:<24} {c.params:>12,} {_si(c.src_flops):>14} {_si(c.tgt_flops):>14} "
+                     f"{_si(_per_token([c], src_len, tgt_len)):>10}")
+    forward = _per_token(parts, src_len, tgt_len)
+    lines.append(f"\ntraining FLOPs per token (3 x forward): {_si(3 * forward)}; "
+                 "bench/train_speed.py counts these for MFU")
+    heads = [h for h in HEAD_COUNTS if cfg.d_model % h == 0]
+    attention = [_si(_per_token(_attention_rows(cfg, h, src_len, tgt_len), src_len, tgt_len))
+                 for h in heads]
+    lines.append(f"attention FLOPs per token for h = {', '.join(map(str, heads))}: "
+                 f"{', '.join(attention)} - h heads of width d_model/h cost the same as one "
+                 "full-width head")
+    return "\n".join(lines)
+
+
+def _attention_rows(cfg: ModelConfig, heads: int, src_len: float,
+                    tgt_len: float) -> list[Component]:
+    """W_Q, W_K, W_V, W_O and the scores of the same model with `heads` heads."""
+    parts = components(replace(cfg, heads=heads), 1, 1, src_len, tgt_len)
+    return [c for c in parts if c.name.startswith("attention")]
+
+
+def _per_token(parts: list[Component], src_len: float, tgt_len: float) -> float:
+    """Forward FLOPs of a sentence pair at these lengths, per token (source and target alike)."""
+    return sum(c.src_flops * src_len + c.tgt_flops * tgt_len for c in parts) / (src_len + tgt_len)
+
+
+def _si(flops: float) -> str:
+    for scale, suffix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if flops >= scale:
+            return f"{flops / scale:.3g}{suffix}"
+    return f"{flops:.3g}"
