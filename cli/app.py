@@ -94,7 +94,7 @@ def train(
     from mha.model.train import train as run_training
 
     cfg = config(config_path, overrides)
-    progress = run_training(cfg, resume=resume)
+    progress = run_training(cfg, resume=resume).progress
     typer.echo(f"best validation BLEU {progress.best_bleu:.2f} at step {progress.best_step}; "
                f"checkpoints in {cfg.run_dir}/checkpoints")
 

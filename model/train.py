@@ -22,6 +22,7 @@ from mha.data.prepare import Prepared, load_prepared, prepare
 from mha.model import checkpoint
 from mha.model.checkpoint import CheckpointError
 from mha.model.distributed import Distributed
+from mha.model.inference import pick_device
 from mha.model.monitor import Monitor
 from mha.model.transformer import Transformer
 from mha.model.validate import validate
@@ -58,13 +59,6 @@ def inverse_sqrt(step: int, warmup: int) -> float:
     return step / warmup if step < warmup else math.sqrt(max(warmup, 1) / step)
 
 
-def pick_device(name: str) -> torch.device:
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("train.device is cuda, but torch sees no CUDA device")
-    return torch.device("cuda" if name == "auto" and torch.cuda.is_available() else
-                        "cpu" if name == "auto" else name)
-
-
 class StopSignal:
     """SIGINT and SIGTERM set a flag that the loop checks after each update.
 
@@ -87,22 +81,34 @@ class StopSignal:
             signal.signal(s, handler)
 
 
-def train(cfg: Config, resume: bool = False) -> Progress:
-    """Train to the first of max_steps, max_time, patience or a signal; returns the progress."""
+@dataclasses.dataclass
+class Trained:
+    progress: Progress
+    model: Transformer  # the final weights (best.pt may hold better ones)
+
+
+def train(cfg: Config, resume: bool = False) -> Trained:
+    """Train to the first of max_steps, max_time, patience or a signal."""
     dist = Distributed.from_env(cfg.train.device)
     try:
-        return _train(cfg, resume, dist)
+        trained = _train(cfg, resume, dist)
+        dist.barrier()  # the other ranks wait while rank 0 validates and saves
+        return trained
     finally:
         dist.close()
 
 
-def _train(cfg: Config, resume: bool, dist: Distributed) -> Progress:
+def _train(cfg: Config, resume: bool, dist: Distributed) -> Trained:
     t = cfg.train
     if t.num_threads:
         torch.set_num_threads(t.num_threads)
     device = dist.device or pick_device(t.device)
     if t.precision == "fp16" and device.type != "cuda":
         raise ConfigError("train.precision fp16 needs CUDA; use bf16 or fp32 on the CPU")
+    if t.precision == "bf16" and device.type == "cpu" and "AVX512" not in _cpu_capability():
+        log.warning("train.precision bf16 on a CPU without AVX-512 (%s): bf16 matmuls are emulated "
+                    "and far slower than fp32 here; bench/train_speed.py measures both",
+                    _cpu_capability())
     run_dir = Path(cfg.run_dir)
     prepared = _prepare(cfg, dist)
     tokenizer = prepared.tokenizer
@@ -215,8 +221,10 @@ def _train(cfg: Config, resume: bool, dist: Distributed) -> Progress:
                 if progress.step % t.log_every == 0 or progress.step == 1:
                     speed = window_tokens / (time.perf_counter() - window_start)
                     window_tokens, window_start = 0, time.perf_counter()
+                    budget = {} if math.isinf(max_time) else {
+                        "time_left": f"{max(0.0, max_time - progress.elapsed) / 60:.1f}m"}
                     bar.set_postfix(loss=f"{step_loss:.3f}", lr=f"{lr:.2e}", tok_s=f"{speed:,.0f}",
-                                    pad=f"{1 - (tokens[0] + tokens[1]) / tokens[2]:.0%}")
+                                    pad=f"{1 - (tokens[0] + tokens[1]) / tokens[2]:.0%}", **budget)
                     monitor.log({"step": progress.step, "loss": step_loss, "lr": lr,
                                  "src_tokens": progress.src_tokens, "tgt_tokens": progress.tgt_tokens,
                                  "elapsed": round(progress.elapsed, 2), "tokens_per_s": round(speed)})
@@ -250,7 +258,11 @@ def _train(cfg: Config, resume: bool, dist: Distributed) -> Progress:
             monitor.close()
         if stop.received is not None:
             raise SystemExit(128 + stop.received)
-    return progress
+    return Trained(progress, model)
+
+
+def _cpu_capability() -> str:
+    return torch.backends.cpu.get_cpu_capability()
 
 
 def _prepare(cfg: Config, dist: Distributed) -> Prepared:

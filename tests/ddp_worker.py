@@ -1,0 +1,15 @@
+"""Run under torchrun by test_train: trains, then each rank saves its final weights."""
+
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+from mha.configs.schema import load_config
+from mha.model.train import train
+
+if __name__ == "__main__":
+    config, out = sys.argv[1], Path(sys.argv[2])
+    model = train(load_config(config)).model
+    torch.save(model.state_dict(), out / f"rank{os.environ['RANK']}.pt")
