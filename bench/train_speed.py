@@ -47,7 +47,7 @@ def matmul_peak(dtype: torch.dtype, n: int = 2048, repeats: int = 5) -> float:
 class TorchTransformer(nn.Module):
     """torch.nn.Transformer with the same embeddings, sizes and output layer as mha's."""
 
-    def __init__(self, cfg, vocab: int) -> None:
+    def __init__(self, cfg, vocab: int, _tgt_vocab: int) -> None:
         super().__init__()
         self.embed = nn.Embedding(vocab, cfg.d_model, padding_idx=0)
         self.body = nn.Transformer(cfg.d_model, cfg.heads, cfg.encoder_layers, cfg.decoder_layers,
@@ -58,7 +58,7 @@ class TorchTransformer(nn.Module):
         self.positions = Transformer(cfg, vocab, vocab).positions
 
     def forward(self, src, tgt_in):
-        embed = lambda ids: self.embed(ids) * self.scale + self.positions(ids.shape[1])  # noqa: E731
+        embed = lambda ids: self.embed(ids) * self.scale + self.positions(ids.shape[1])
         causal = self.body.generate_square_subsequent_mask(tgt_in.shape[1], dtype=torch.bool)
         hidden = self.body(embed(src), embed(tgt_in), tgt_mask=causal, tgt_is_causal=True,
                            src_key_padding_mask=src.eq(0), memory_key_padding_mask=src.eq(0))
@@ -113,10 +113,9 @@ def main() -> None:
             flops = sum(training_flops(cfg.model, vocab, vocab, b.src_tokens, b.tgt_tokens,
                                        b.src_ids.shape[1], b.tgt_in.shape[1]) for b in timed) / len(timed)
             for precision in args.precision:
-                for label, build in (("mha", lambda: Transformer(cfg.model, vocab, vocab)),
-                                     ("torch.nn.Transformer", lambda: TorchTransformer(cfg.model, vocab))):
+                for label, build in (("mha", Transformer), ("torch.nn.Transformer", TorchTransformer)):
                     torch.manual_seed(0)
-                    seconds = time_training(build(), batches, precision)
+                    seconds = time_training(build(cfg.model, vocab, vocab), batches, precision)
                     gflops = flops / seconds / 1e9
                     print(f"| {name} | {label} | {precision} | {seconds:.3f} | "
                           f"{(src_tokens + tgt_tokens) / seconds:,.0f} | {gflops:.0f} | "

@@ -8,7 +8,7 @@ import logging
 import sys
 from importlib.metadata import version
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -18,13 +18,12 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   help="Train, run and score a from-scratch transformer translation model.")
 
 ConfigArg = Annotated[str, typer.Argument(help="A YAML config path or a preset name (e.g. multi30k_de_en).")]
-SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="Override a key: --set model.heads=8 (repeatable).")]
+SetOpt = Annotated[list[str] | None, typer.Option("--set", help="Override a key: --set model.heads=8 (repeatable).")]
 
 
 def user_errors() -> tuple[type[Exception], ...]:
     """The project's own errors: shown as one line on stderr with exit code 2, no traceback."""
     from mha.data.corpus import DataError
-
     from mha.model.checkpoint import CheckpointError
     from mha.model.train import TrainingError
 
@@ -36,7 +35,7 @@ def fail(message: str) -> None:
     raise typer.Exit(2)
 
 
-def config(path: str, overrides: Optional[list[str]]) -> Config:
+def config(path: str, overrides: list[str] | None) -> Config:
     return load_config(path, overrides or [])
 
 

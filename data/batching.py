@@ -78,8 +78,8 @@ class TokenBatches:
         while True:
             batches = self.epoch(epoch)
             usable = len(batches) - len(batches) % world_size  # every rank gets as many
-            for position in range(position, usable, world_size):
-                yield epoch, position + world_size, batches[position + rank]
+            for start in range(position, usable, world_size):
+                yield epoch, start + world_size, batches[start + rank]
             epoch, position = epoch + 1, 0
 
 

@@ -29,8 +29,9 @@ from pathlib import Path
 from typing import BinaryIO
 
 import datasets
-from mha.configs.schema import DataConfig
 from tqdm import tqdm
+
+from mha.configs.schema import DataConfig
 
 log = logging.getLogger(__name__)
 

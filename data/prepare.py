@@ -25,6 +25,7 @@ from pathlib import Path
 import datasets
 import pyarrow as pa
 import pyarrow.compute as pc
+
 from mha.configs.schema import Config, DataConfig
 from mha.data.corpus import Corpus, DataError, corpus_files, load_corpus, roles
 from mha.data.tokenizer import Tokenizer, train_tokenizer

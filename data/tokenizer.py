@@ -17,6 +17,7 @@ from pathlib import Path
 import datasets
 import numpy as np
 import sentencepiece as spm
+
 from mha.configs.schema import DataConfig
 from mha.data.corpus import DataError
 

@@ -69,9 +69,8 @@ class StopSignal:
     def __init__(self) -> None:
         self.received: int | None = None
 
-    def __enter__(self) -> StopSignal:
+    def __enter__(self) -> None:
         self.previous = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
-        return self
 
     def _handle(self, signum: int, frame) -> None:
         self.received = signum
@@ -173,7 +172,8 @@ def _train(cfg: Config, resume: bool, dist: Distributed) -> Trained:
     bar = tqdm(total=t.max_steps, initial=progress.step, disable=not dist.is_main,
                dynamic_ncols=True, unit="step")
     reason, window_tokens, window_start = "max_steps", 0, time.perf_counter()
-    with StopSignal() as stop:
+    stop = StopSignal()
+    with stop:
         while progress.step < t.max_steps:
             started = time.perf_counter()
             model.train()

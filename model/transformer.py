@@ -7,13 +7,12 @@ from __future__ import annotations
 
 import math
 
-import torch
 from torch import Tensor, nn
 
 from mha.configs.schema import ModelConfig
 from mha.model.attention import KVCache
-from mha.model.masks import padding_mask
 from mha.model.layers import DecoderLayer, EncoderLayer, LearnedPositions, SinusoidalPositions
+from mha.model.masks import padding_mask
 
 
 class DecoderCache:

@@ -24,8 +24,9 @@ class Validation:
 
 @torch.no_grad()
 def validate(model: Transformer, prepared: Prepared, cfg: Config, device: torch.device,
-             autocast=contextlib.nullcontext()) -> Validation:
+             autocast: contextlib.AbstractContextManager | None = None) -> Validation:
     model.eval()
+    autocast = autocast or contextlib.nullcontext()
     rows = prepared.splits["val"]
     src_ids, tgt_ids, refs = rows["src_ids"], rows["tgt_ids"], rows["tgt"]
     limit = cfg.model.max_positions - 1

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import datasets
 import pytest
+
 from mha.configs.schema import DataConfig
 from mha.data import corpus as corpus_module
 from mha.data.corpus import DataError, hub_pairs, load_corpus, multi30k_folders, read_lines

@@ -6,11 +6,12 @@ import shutil
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
+
 from mha.cli.app import app
 from mha.configs.schema import Config, from_dict
 from mha.data.corpus import DataError
 from mha.data.prepare import Prepared, load_prepared, prepare
-from typer.testing import CliRunner
 
 
 def make_config(run_dir: Path, corpus: Path, **data: object) -> Config:

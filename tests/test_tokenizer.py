@@ -6,6 +6,7 @@ from pathlib import Path
 
 import datasets
 import pytest
+
 from mha.configs.schema import DataConfig
 from mha.data.corpus import DataError, load_corpus
 from mha.data.tokenizer import Tokenizer, train_tokenizer
