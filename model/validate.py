@@ -12,8 +12,8 @@ import torch.nn.functional as F
 from mha.configs.schema import Config
 from mha.data.batching import collate
 from mha.data.prepare import Prepared
-from mha.model.decode import greedy
 from mha.model.transformer import Transformer
+from mha.model.translate import translate_lines
 
 
 @dataclass(frozen=True)
@@ -28,24 +28,22 @@ def validate(model: Transformer, prepared: Prepared, cfg: Config, device: torch.
     model.eval()
     autocast = autocast or contextlib.nullcontext()
     rows = prepared.splits["val"]
-    src_ids, tgt_ids, refs = rows["src_ids"], rows["tgt_ids"], rows["tgt"]
+    src_ids, tgt_ids = rows["src_ids"], rows["tgt_ids"]
     limit = cfg.model.max_positions - 1
-    order = sorted(range(len(src_ids)), key=lambda i: len(src_ids[i]))
-    hypotheses: list[str] = [""] * len(order)
+    order = sorted(range(len(src_ids)), key=lambda i: len(src_ids[i]))  # little padding
     loss_sum, tokens = 0.0, 0
-    tokenizer = prepared.tokenizer
     for start in range(0, len(order), cfg.decode.batch_size):
         indices = order[start:start + cfg.decode.batch_size]
         batch = collate([src_ids[i][:limit] for i in indices], [tgt_ids[i][:limit + 1] for i in indices])
-        src, tgt_in, tgt_out = batch.src_ids.to(device), batch.tgt_in.to(device), batch.tgt_out.to(device)
+        tgt_out = batch.tgt_out.to(device)
         with autocast:
-            logits = model(src, tgt_in)  # (B, T, V)
-            outputs = greedy(model, src, bos=tokenizer.BOS, eos=tokenizer.EOS,
-                             max_len_a=cfg.decode.max_len_a, max_len_b=cfg.decode.max_len_b)
+            logits = model(batch.src_ids.to(device), batch.tgt_in.to(device))  # (B, T, V)
         loss_sum += F.cross_entropy(logits.float().flatten(0, 1), tgt_out.flatten(), ignore_index=0,
                                     reduction="sum", label_smoothing=cfg.train.label_smoothing).item()
         tokens += int(tgt_out.ne(0).sum())
-        for i, ids in zip(indices, outputs):
-            hypotheses[i] = tokenizer.decode_tgt(ids)
-    bleu = sacrebleu.corpus_bleu(hypotheses, [list(refs)]).score
+    with autocast:
+        hypotheses = list(translate_lines(model, prepared.tokenizer, rows["src"],
+                                          batch_size=cfg.decode.batch_size, beam=1, use_cache=True,
+                                          decode_cfg=cfg.decode))
+    bleu = sacrebleu.corpus_bleu(hypotheses, [list(rows["tgt"])]).score
     return Validation(loss_sum / max(tokens, 1), bleu)
