@@ -173,7 +173,7 @@ def translate(
 
 def _prompted():
     """One chunk per line typed at the terminal, until end of input (Ctrl-D)."""
-    from mha.model.translate import decode_line
+    from mha.data.corpus import decode_line
 
     for number in itertools.count(1):
         typer.echo("> ", err=True, nl=False)

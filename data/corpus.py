@@ -126,16 +126,21 @@ def iter_lines(path: Path) -> Iterator[str]:
     try:
         with opener(path, "rb") as file:
             for number, raw in enumerate(file, 1):
-                try:
-                    line = raw.decode("utf-8")
-                except UnicodeDecodeError as error:
-                    raise DataError(f"{path}, line {number}: not UTF-8 "
-                                    f"({error.reason} at byte {error.start})") from None
-                if number == 1:
-                    line = line.removeprefix("\ufeff")
-                yield line.rstrip("\r\n")
+                yield decode_line(raw, number, str(path))
     except (OSError, EOFError, zlib.error) as error:
         raise DataError(f"{path}: cannot read: {error}") from None
+
+
+def decode_line(raw: bytes, number: int, name: str = "stdin") -> str:
+    """Line `number` of input `name` as text, without its line ending; DataError if not UTF-8."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise DataError(f"{name}, line {number}: not UTF-8 "
+                        f"({error.reason} at byte {error.start})") from None
+    if number == 1:
+        text = text.removeprefix("\ufeff")
+    return text.rstrip("\r\n")
 
 
 def multi30k_file(split: str, lang: str, data_dir: str | None = None) -> Path:

@@ -19,7 +19,7 @@ from typing import BinaryIO
 import torch
 
 from mha.configs.schema import DecodeConfig
-from mha.data.corpus import DataError
+from mha.data.corpus import decode_line
 from mha.data.tokenizer import Tokenizer
 from mha.model.decode import beam_search, greedy
 from mha.model.transformer import Transformer
@@ -150,18 +150,6 @@ def _arrivals(fd: int) -> Iterator[list[bytes]]:
             yield lines
         if eof:
             return
-
-
-def decode_line(raw: bytes, number: int, name: str = "stdin") -> str:
-    """Line `number` of input `name` as text, without its line ending; DataError if not UTF-8."""
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as error:
-        raise DataError(f"{name}, line {number}: not UTF-8 "
-                        f"({error.reason} at byte {error.start})") from None
-    if number == 1:
-        text = text.removeprefix("\ufeff")
-    return text.rstrip("\r\n")
 
 
 def _chunked(items: Iterator, size: int) -> Iterator[list]:
