@@ -30,12 +30,13 @@ for preset in sys.argv[1:]:
     records = [json.loads(l) for l in open(f"runs/{preset}/metrics.jsonl")]
     val = [r for r in records if "val_bleu" in r]
     best = max(val, key=lambda r: r["val_bleu"])
-    last = [r for r in records if "loss" in r][-1]
-    report = json.load(open(f"runs/{preset}/report.json"))
+    last = [r for r in records if "loss" in r][-1]  # the last logged update
+    final = max(records, key=lambda r: (r["step"], "elapsed" in r))
+    report = json.load(open(f"runs/{preset}/data/report.json"))
     tgt_per_epoch = report["splits"]["train"]["pairs"] * report["splits"]["train"]["tgt_subwords"]["mean"]
-    print(f"| {preset} | {result['bleu']:.1f} | {result['chrf']:.1f} | {last['step']} | "
+    print(f"| {preset} | {result['bleu']:.1f} | {result['chrf']:.1f} | {final['step']} | "
           f"{last['tgt_tokens'] / tgt_per_epoch:.1f} | {best['val_bleu']:.1f} ({best['step']}) | "
-          f"{last['elapsed'] / 60:.1f} |")
+          f"{final['elapsed'] / 60:.1f} |")
 print("\nsignature:", result["signature"])
 PY
 cat bench/results_quality.md

@@ -12,6 +12,7 @@ import signal
 import time
 from pathlib import Path
 
+import pyarrow.compute as pc
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
@@ -128,9 +129,9 @@ def _train(cfg: Config, resume: bool, dist: Distributed) -> Trained:
                               "to continue it, or set another run_dir")
     if dist.is_main:
         checkpoint.atomic_write(run_dir / "config.yaml", lambda f: f.write(dump(cfg).encode()))
-    train_set = prepared.splits["train"]
-    src_ids, tgt_ids = train_set["src_ids"], train_set["tgt_ids"]
-    batches = TokenBatches([len(s) for s in src_ids], [len(s) for s in tgt_ids], t.batch_tokens, t.seed)
+    train_set = prepared.splits["train"].select_columns(["src_ids", "tgt_ids"])
+    lengths = [pc.list_value_length(train_set.data.column(c)).to_pylist() for c in ("src_ids", "tgt_ids")]
+    batches = TokenBatches(*lengths, t.batch_tokens, t.seed)
     stream = batches.stream(progress.epoch, progress.position, dist.rank, dist.world_size)
     net = dist.wrap(model)
     monitor = Monitor(run_dir, progress.step if resume else None) if dist.is_main else None
@@ -168,7 +169,7 @@ def _train(cfg: Config, resume: bool, dist: Distributed) -> Trained:
     if dist.is_main:
         log.info("%d process(es) on %s; %d parameters; %d training pairs in %d batches an epoch",
                  dist.world_size, device, sum(p.numel() for p in model.parameters()),
-                 len(src_ids), len(batches.epoch(progress.epoch)))
+                 len(train_set), len(batches.epoch(progress.epoch)))
     bar = tqdm(total=t.max_steps, initial=progress.step, disable=not dist.is_main,
                dynamic_ncols=True, unit="step")
     reason, window_tokens, window_start = "max_steps", 0, time.perf_counter()
@@ -180,7 +181,8 @@ def _train(cfg: Config, resume: bool, dist: Distributed) -> Trained:
             loss_sum, tokens = torch.zeros((), device=device), torch.zeros(3, device=device)
             for micro in range(t.accumulate):
                 progress.epoch, progress.position, indices = next(stream)
-                batch = collate([src_ids[i] for i in indices], [tgt_ids[i] for i in indices])
+                rows = train_set[indices]  # one Arrow take: the corpus stays memory-mapped
+                batch = collate(rows["src_ids"], rows["tgt_ids"])
                 src, tgt_in, tgt_out = (x.to(device) for x in (batch.src_ids, batch.tgt_in, batch.tgt_out))
                 sync = contextlib.nullcontext() if micro == t.accumulate - 1 else dist.no_sync(net)
                 with sync:
