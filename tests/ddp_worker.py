@@ -1,5 +1,6 @@
 """Run under torchrun by test_train: trains, then each rank saves its final weights."""
 
+import logging
 import os
 import sys
 from pathlib import Path
@@ -10,6 +11,7 @@ from mha.configs.schema import load_config
 from mha.model.train import train
 
 if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
     config, out = sys.argv[1], Path(sys.argv[2])
     model = train(load_config(config)).model
     torch.save(model.state_dict(), out / f"rank{os.environ['RANK']}.pt")

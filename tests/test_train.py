@@ -110,7 +110,7 @@ def cli_error(result) -> str:
 
 def test_bad_checkpoints_and_configs_on_resume(tmp_path, small_corpus):
     run = tmp_path / "run"
-    config = write_config(tiny(run, small_corpus, "train.max_steps=2"), tmp_path / "c.yaml")
+    config = write_config(tiny(run, small_corpus, "train.max_steps=5"), tmp_path / "c.yaml")
     runner = CliRunner()
     assert runner.invoke(app, ["train", str(config)]).exit_code == 0
     assert "already holds a run" in cli_error(runner.invoke(app, ["train", str(config)]))
@@ -164,7 +164,7 @@ def test_signal_saves_and_resume_continues_exactly(tmp_path, small_corpus, signu
 
 
 def test_two_processes_match_one_process_on_the_doubled_batch(tmp_path, small_corpus):
-    no_dropout = ["model.dropout=0", "model.attention_dropout=0", "train.max_steps=4"]
+    no_dropout = ["model.dropout=0", "model.attention_dropout=0", "train.max_steps=6"]
     config = write_config(tiny(tmp_path / "ddp", small_corpus, *no_dropout), tmp_path / "c.yaml")
     worker = Path(__file__).parent / "ddp_worker.py"
     result = subprocess.run(
@@ -177,8 +177,12 @@ def test_two_processes_match_one_process_on_the_doubled_batch(tmp_path, small_co
     for name in rank0:
         assert torch.equal(rank0[name], rank1[name]), name
     single = train(tiny(tmp_path / "one", small_corpus, *no_dropout, "train.accumulate=2")).model
-    for name, weight in single.state_dict().items():
-        torch.testing.assert_close(rank0[name], weight, atol=1e-5, rtol=1e-4, msg=name)
+    # W_K's bias shifts every score of a query equally, so softmax ignores it: its true gradient
+    # is zero, and Adam turns the round-off left in it into full-size steps. Compare the rest.
+    differing = [name for name, weight in single.state_dict().items()
+                 if not name.endswith("w_k.bias")
+                 and not torch.allclose(rank0[name], weight, atol=1e-5, rtol=1e-4)]
+    assert differing == [], differing
     ddp_losses, single_losses = losses(tmp_path / "ddp"), losses(tmp_path / "one")
     assert all(abs(ddp_losses[s] - single_losses[s]) < 1e-4 for s in single_losses)
 
