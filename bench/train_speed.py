@@ -4,15 +4,20 @@ For each model size: training tokens/s (source + target, padding excluded), seco
 achieved GFLOP/s (the FLOPs that `mha info` counts, x3 for forward + backward) and MFU against the
 matmul peaks this script measures first, fp32 and bf16. Prints a markdown table.
 
-    python bench/train_speed.py [--steps 8] [--precision fp32 bf16]
+    python bench/train_speed.py [--steps 8] [--precision fp32 bf16] [--joeynmt PYTHON]
+
+--joeynmt names the Python of an environment with joeynmt 2.3.0 (see bench/joeynmt_speed.py):
+its transformer is then timed on the same batches, in fp32, in the same run.
 """
 
 from __future__ import annotations
 
 import argparse
 import math
+import subprocess
 import tempfile
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -88,6 +93,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=8, help="timed updates per model")
     parser.add_argument("--precision", nargs="+", default=["fp32"], choices=["fp32", "bf16"])
+    parser.add_argument("--joeynmt", metavar="PYTHON", help="a Python that can import joeynmt 2.3.0")
     args = parser.parse_args()
     peaks = {"fp32": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16, repeats=2)}
     print(f"matmul peak on this machine: fp32 {peaks['fp32']:.0f} GFLOP/s, bf16 {peaks['bf16']:.0f} "
@@ -95,6 +101,7 @@ def main() -> None:
           f"{torch.backends.cpu.get_cpu_capability()}\n")
     print("| model | implementation | precision | s/update | src+tgt tokens/s | GFLOP/s | MFU (fp32 peak) | MFU (bf16 peak) | padding |")
     print("|---|---|---|---|---|---|---|---|---|")
+    ratios = []
     with tempfile.TemporaryDirectory() as tmp:
         for name, overrides in SIZES.items():
             cfg = load_config("multi30k_de_en", [*overrides, f"run_dir={tmp}/{len(overrides)}",
@@ -112,15 +119,42 @@ def main() -> None:
             vocab = prepared.tokenizer.src_vocab_size
             flops = sum(training_flops(cfg.model, vocab, vocab, b.src_tokens, b.tgt_tokens,
                                        b.src_ids.shape[1], b.tgt_in.shape[1]) for b in timed) / len(timed)
+            timings = {}
             for precision in args.precision:
-                for label, build in (("mha", Transformer), ("torch.nn.Transformer", TorchTransformer)):
+                builders = {"mha": Transformer, "torch.nn.Transformer": TorchTransformer}
+                # alternate, twice each, best of two: whichever runs first pays for warming up
+                for label in [*reversed(builders), *builders]:
                     torch.manual_seed(0)
-                    seconds = time_training(build(cfg.model, vocab, vocab), batches, precision)
-                    gflops = flops / seconds / 1e9
-                    print(f"| {name} | {label} | {precision} | {seconds:.3f} | "
-                          f"{(src_tokens + tgt_tokens) / seconds:,.0f} | {gflops:.0f} | "
-                          f"{gflops / peaks['fp32']:.0%} | {gflops / peaks['bf16']:.0%} | "
-                          f"{1 - (src_tokens + tgt_tokens) / padded:.1%} |", flush=True)
+                    seconds = time_training(builders[label](cfg.model, vocab, vocab), batches, precision)
+                    timings[label, precision] = min(seconds, timings.get((label, precision), seconds))
+            if args.joeynmt:
+                timings["JoeyNMT 2.3.0", "fp32"] = joeynmt_seconds(
+                    args.joeynmt, cfg.model, vocab, batches, Path(tmp))
+            for (label, precision), seconds in timings.items():
+                gflops = flops / seconds / 1e9
+                print(f"| {name} | {label} | {precision} | {seconds:.3f} | "
+                      f"{(src_tokens + tgt_tokens) / seconds:,.0f} | {gflops:.0f} | "
+                      f"{gflops / peaks['fp32']:.0%} | {gflops / peaks['bf16']:.0%} | "
+                      f"{1 - (src_tokens + tgt_tokens) / padded:.1%} |", flush=True)
+            ratios.append((name, timings))
+    print()
+    for name, timings in ratios:
+        mha = timings.get(("mha", "fp32"))
+        for (label, precision), seconds in timings.items():
+            if label != "mha" and mha and precision == "fp32":
+                print(f"{name}: mha is {seconds / mha:.2f}x as fast as {label} (fp32, same batches)")
+
+
+def joeynmt_seconds(python: str, cfg, vocab: int, batches: list, tmp: Path) -> float:
+    """Seconds per update of JoeyNMT's transformer on `batches`, in its own environment."""
+    path = tmp / "batches.pt"
+    torch.save({"size": {"layers": cfg.encoder_layers, "heads": cfg.heads, "d_model": cfg.d_model,
+                         "d_ff": cfg.d_ff}, "vocab": vocab,
+                "batches": [(b.src_ids, b.tgt_in, b.tgt_out) for b in batches]}, path)
+    script = Path(__file__).with_name("joeynmt_speed.py")
+    result = subprocess.run([python, str(script), str(path)], capture_output=True, text=True,
+                            check=True)
+    return float(result.stdout.strip().splitlines()[-1])
 
 
 if __name__ == "__main__":

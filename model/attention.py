@@ -63,12 +63,21 @@ class MultiHeadAttention(nn.Module):
         With a static cache already filled, key and value may be None.
         """
         B, Tq, _ = query.shape
-        # 1. project, 2. split heads: (B, T, D) -> (B, H, T, Dk)
-        q = self._split(self.w_q(query))  # (B, H, Tq, Dk)
-        if cache is not None and cache.static and cache.k is not None:
+        # 1. project (one matmul for the projections that read the same input)
+        reuse = cache is not None and cache.static and cache.k is not None
+        if key is query and value is query and not reuse:  # self-attention
+            q, k, v = _project(query, self.w_q, self.w_k, self.w_v)  # (B, T, D) each
+        else:
+            q = self.w_q(query)
+            if not reuse:
+                k, v = (_project(key, self.w_k, self.w_v) if key is value
+                        else (self.w_k(key), self.w_v(value)))  # (B, Tk, D) each
+        # 2. split heads: (B, T, D) -> (B, H, T, Dk)
+        q = self._split(q)  # (B, H, Tq, Dk)
+        if reuse:
             k, v = cache.k, cache.v
         else:
-            k, v = self._split(self.w_k(key)), self._split(self.w_v(value))  # (B, H, Tk, Dk)
+            k, v = self._split(k), self._split(v)  # (B, H, Tk, Dk)
             if cache is not None:
                 if cache.k is not None:
                     k, v = torch.cat([cache.k, k], dim=2), torch.cat([cache.v, v], dim=2)
@@ -97,3 +106,13 @@ class MultiHeadAttention(nn.Module):
     def _split(self, x: Tensor) -> Tensor:
         B, T, _ = x.shape
         return x.view(B, T, self.num_heads, self.d_k).transpose(1, 2)  # (B, H, T, Dk)
+
+
+def _project(x: Tensor, *projections: nn.Linear) -> tuple[Tensor, ...]:
+    """Apply several Linear layers to the same x in one matmul: x [W_1; W_2; ...]^T + [b_1; ...].
+
+    The same maths as calling each; one pass over x is faster, above all for small d_model.
+    """
+    weight = torch.cat([p.weight for p in projections])  # (n * D, D)
+    bias = torch.cat([p.bias for p in projections])
+    return F.linear(x, weight, bias).chunk(len(projections), dim=-1)
