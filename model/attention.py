@@ -111,7 +111,7 @@ class MultiHeadAttention(nn.Module):
 def _project(x: Tensor, *projections: nn.Linear) -> tuple[Tensor, ...]:
     """Apply several Linear layers to the same x in one matmul: x [W_1; W_2; ...]^T + [b_1; ...].
 
-    The same maths as calling each; one pass over x is faster, above all for small d_model.
+    The same maths as calling each, with one pass over x instead of several.
     """
     weight = torch.cat([p.weight for p in projections])  # (n * D, D)
     bias = torch.cat([p.bias for p in projections])
