@@ -15,6 +15,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from mha.configs.schema import ConfigError
+
 
 @dataclass
 class Batch:
@@ -41,7 +43,7 @@ class TokenBatches:
                  seed: int, pool_batches: int = 100) -> None:
         longest = max(max(src_lengths), max(tgt_lengths))
         if longest > batch_tokens:
-            raise ValueError(f"train.batch_tokens ({batch_tokens}) is smaller than the longest "
+            raise ConfigError(f"train.batch_tokens ({batch_tokens}) is smaller than the longest "
                              f"sequence ({longest} tokens); raise it or lower data.max_len")
         self.src_lengths = torch.tensor(src_lengths)
         self.tgt_lengths = torch.tensor(tgt_lengths)

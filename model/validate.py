@@ -5,13 +5,13 @@ from __future__ import annotations
 import contextlib
 from dataclasses import dataclass
 
-import sacrebleu
 import torch
 import torch.nn.functional as F
 
 from mha.configs.schema import Config
 from mha.data.batching import collate
 from mha.data.prepare import Prepared
+from mha.model.evaluate import score
 from mha.model.transformer import Transformer
 from mha.model.translate import translate_lines
 
@@ -45,5 +45,4 @@ def validate(model: Transformer, prepared: Prepared, cfg: Config, device: torch.
         hypotheses = list(translate_lines(model, prepared.tokenizer, rows["src"],
                                           batch_size=cfg.decode.batch_size, beam=1, use_cache=True,
                                           decode_cfg=cfg.decode))
-    bleu = sacrebleu.corpus_bleu(hypotheses, [list(rows["tgt"])]).score
-    return Validation(loss_sum / max(tokens, 1), bleu)
+    return Validation(loss_sum / max(tokens, 1), score(hypotheses, list(rows["tgt"]))["bleu"])

@@ -2,6 +2,9 @@
 
 import gzip
 
+import pytest
+
+from mha.configs.schema import ConfigError
 from mha.data.batching import TokenBatches, collate
 
 
@@ -57,3 +60,8 @@ def test_collate_pads_and_shifts_the_target():
     assert batch.tgt_in.tolist() == [[2, 8, 9], [2, 8, 3]]
     assert batch.tgt_out.tolist() == [[8, 9, 3], [8, 3, 0]]
     assert (batch.src_tokens, batch.tgt_tokens) == (5, 5)
+
+
+def test_a_batch_bound_below_the_longest_pair_is_a_config_error():
+    with pytest.raises(ConfigError, match=r"train.batch_tokens \(10\) is smaller than the longest"):
+        TokenBatches([3, 12], [4, 5], batch_tokens=10, seed=1)
