@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pyarrow.compute as pc
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
 from mha.configs.schema import Config, ConfigError, dump, from_dict, parse_duration, to_dict
@@ -24,6 +23,7 @@ from mha.model import checkpoint
 from mha.model.checkpoint import CheckpointError
 from mha.model.distributed import Distributed
 from mha.model.inference import pick_device
+from mha.model.loss import summed_loss
 from mha.model.monitor import Monitor
 from mha.model.transformer import Transformer
 from mha.model.validate import validate
@@ -187,10 +187,7 @@ def _train(cfg: Config, resume: bool, dist: Distributed) -> Trained:
                 sync = contextlib.nullcontext() if micro == t.accumulate - 1 else dist.no_sync(net)
                 with sync:
                     with autocast:
-                        logits = net(src, tgt_in)  # (B, T, V)
-                    loss = F.cross_entropy(logits.float().flatten(0, 1), tgt_out.flatten(),
-                                           ignore_index=0, reduction="sum",
-                                           label_smoothing=t.label_smoothing)
+                        loss = summed_loss(net, src, tgt_in, tgt_out, t.label_smoothing)
                     scaler.scale(loss).backward()
                 loss_sum += loss.detach()
                 tokens += torch.tensor([tgt_out.ne(0).sum(), src.ne(0).sum(), src.numel() + tgt_out.numel()],

@@ -11,6 +11,7 @@ from torch import Tensor, nn
 
 from mha.configs.schema import ModelConfig
 from mha.model.attention import KVCache
+from mha.model.dropout import Dropout
 from mha.model.layers import DecoderLayer, EncoderLayer, LearnedPositions, SinusoidalPositions
 from mha.model.masks import padding_mask
 
@@ -47,7 +48,7 @@ class Transformer(nn.Module):
                           else nn.Embedding(tgt_vocab, cfg.d_model, padding_idx=pad_id))
         positions = SinusoidalPositions if cfg.positional == "sinusoidal" else LearnedPositions
         self.positions = positions(cfg.max_positions, cfg.d_model)
-        self.dropout = nn.Dropout(cfg.dropout)
+        self.dropout = Dropout(cfg.dropout)
         self.encoder = nn.ModuleList(EncoderLayer(cfg) for _ in range(cfg.encoder_layers))
         self.decoder = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.decoder_layers))
         pre_norm = cfg.norm == "pre"  # pre-norm stacks end with a LayerNorm of their own
@@ -85,9 +86,9 @@ class Transformer(nn.Module):
 
     def decode(
         self, tgt_in: Tensor, memory: Tensor, src_pad_mask: Tensor | None,
-        cache: DecoderCache | None = None, need_weights: bool = False,
+        cache: DecoderCache | None = None, need_weights: bool = False, keep: Tensor | None = None,
     ) -> Tensor | tuple[Tensor, list[tuple[Tensor, Tensor]]]:
-        """tgt_in (B, T) -> logits (B, T, V).
+        """tgt_in (B, T) -> logits (B, T, V), or (N, V) for the N positions where keep (B, T) is True.
 
         With a cache, tgt_in holds only the new steps; earlier steps' keys and values come from
         the cache. With need_weights, also returns per layer (self (B, H, T, T'), cross (B, H, T, S)).
@@ -101,14 +102,17 @@ class Transformer(nn.Module):
             weights.append(layer_weights)
         if cache is not None:
             cache.length += tgt_in.shape[1]
-        logits = self.output(self.decoder_norm(x))  # (B, T, V)
+        if keep is not None:
+            x = x[keep]  # (N, D): only the positions whose logits are wanted
+        logits = self.output(self.decoder_norm(x))  # (B, T, V) or (N, V)
         return (logits, weights) if need_weights else logits
 
-    def forward(self, src_ids: Tensor, tgt_in: Tensor) -> Tensor:
-        """Teacher-forced logits (B, T, V) for src_ids (B, S) and tgt_in (B, T)."""
+    def forward(self, src_ids: Tensor, tgt_in: Tensor, keep: Tensor | None = None) -> Tensor:
+        """Teacher-forced logits (B, T, V) for src_ids (B, S) and tgt_in (B, T); with keep (B, T)
+        bool, only the (N, V) logits of the N positions where it is True."""
         src_pad_mask = padding_mask(src_ids, self.pad_id)
         memory = self.encode(src_ids, src_pad_mask)
-        return self.decode(tgt_in, memory, src_pad_mask)
+        return self.decode(tgt_in, memory, src_pad_mask, keep=keep)
 
     def new_cache(self) -> DecoderCache:
         return DecoderCache(len(self.decoder))

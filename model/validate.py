@@ -6,12 +6,12 @@ import contextlib
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from mha.configs.schema import Config
 from mha.data.batching import collate
 from mha.data.prepare import Prepared
 from mha.model.evaluate import score
+from mha.model.loss import summed_loss
 from mha.model.transformer import Transformer
 from mha.model.translate import translate_lines
 
@@ -35,11 +35,9 @@ def validate(model: Transformer, prepared: Prepared, cfg: Config, device: torch.
     for start in range(0, len(order), cfg.decode.batch_size):
         indices = order[start:start + cfg.decode.batch_size]
         batch = collate([src_ids[i][:limit] for i in indices], [tgt_ids[i][:limit + 1] for i in indices])
-        tgt_out = batch.tgt_out.to(device)
+        src, tgt_in, tgt_out = (x.to(device) for x in (batch.src_ids, batch.tgt_in, batch.tgt_out))
         with autocast:
-            logits = model(batch.src_ids.to(device), batch.tgt_in.to(device))  # (B, T, V)
-        loss_sum += F.cross_entropy(logits.float().flatten(0, 1), tgt_out.flatten(), ignore_index=0,
-                                    reduction="sum", label_smoothing=cfg.train.label_smoothing).item()
+            loss_sum += summed_loss(model, src, tgt_in, tgt_out, cfg.train.label_smoothing).item()
         tokens += int(tgt_out.ne(0).sum())
     with autocast:
         hypotheses = list(translate_lines(model, prepared.tokenizer, rows["src"],

@@ -9,6 +9,7 @@ from mha.configs.schema import ModelConfig
 from mha.model import Transformer
 from mha.model.decode import beam_search, greedy
 from mha.model.info import parameter_count
+from mha.model.loss import summed_loss
 
 PAD, BOS, EOS, V = 0, 2, 3, 40
 CFG = ModelConfig(d_model=32, heads=4, encoder_layers=2, decoder_layers=2, d_ff=64, dropout=0.0)
@@ -107,3 +108,15 @@ def test_tiny_model_overfits_eight_pairs():
     expected = [t.tolist() for _, t in pairs]
     assert greedy(model, src, bos=BOS, eos=EOS) == expected
     assert beam_search(model, src, beam=3, bos=BOS, eos=EOS) == expected
+
+
+def test_loss_over_real_tokens_only_equals_cross_entropy_over_all_logits():
+    model = make()
+    src, tgt = random_ids(3, 6), random_ids(3, 8, seed=1)
+    tgt[0, 5:], tgt[2, 3:] = PAD, PAD  # two shorter targets
+    loss = summed_loss(model, src, tgt[:, :-1], tgt[:, 1:], label_smoothing=0.1)
+    reference = torch.nn.functional.cross_entropy(
+        model(src, tgt[:, :-1]).flatten(0, 1), tgt[:, 1:].flatten(), ignore_index=PAD,
+        reduction="sum", label_smoothing=0.1)
+    torch.testing.assert_close(loss, reference)
+    assert model(src, tgt[:, :-1], keep=tgt[:, 1:].ne(PAD)).shape == (int(tgt[:, 1:].ne(PAD).sum()), V)
