@@ -111,8 +111,12 @@ class MultiHeadAttention(nn.Module):
 def _project(x: Tensor, *projections: nn.Linear) -> tuple[Tensor, ...]:
     """Apply several Linear layers to the same x in one matmul: x [W_1; W_2; ...]^T + [b_1; ...].
 
-    The same maths as calling each, with one pass over x instead of several.
+    The same maths as calling each, with one pass over x instead of several. Without autograd
+    (decoding: a few rows, weights that do not change) stacking the weights would cost more than
+    it saves, so each is applied on its own.
     """
+    if not torch.is_grad_enabled():
+        return tuple(p(x) for p in projections)
     weight = torch.cat([p.weight for p in projections])  # (n * D, D)
     bias = torch.cat([p.bias for p in projections])
     return F.linear(x, weight, bias).chunk(len(projections), dim=-1)
