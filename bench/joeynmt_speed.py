@@ -45,7 +45,7 @@ def joey_batches(pairs: list, count: int) -> list:
     """The first `count` batches of JoeyNMT's training loop, padded as it pads them."""
     order = torch.utils.data.RandomSampler(Pieces(pairs), generator=torch.Generator().manual_seed(1))
     batches = []
-    for indices in TokenBatchSampler(order, batch_size=4096, drop_last=False):
+    for indices in TokenBatchSampler(order, batch_size=4096, drop_last=False, seed=1):
         pad = lambda rows: torch.nn.utils.rnn.pad_sequence(
             [torch.tensor(r) for r in rows], batch_first=True, padding_value=0)
         src, tgt = pad([pairs[i][0] for i in indices]), pad([pairs[i][1] for i in indices])

@@ -106,7 +106,7 @@ def main() -> None:
     parser.add_argument("--precision", nargs="+", default=["fp32"], choices=["fp32", "bf16"])
     parser.add_argument("--joeynmt", metavar="PYTHON", help="a Python that can import joeynmt 2.3.0")
     args = parser.parse_args()
-    peaks = {"fp32": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16, repeats=2)}
+    peaks = {"fp32": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16, n=1024, repeats=2)}
     print(f"matmul peak on this machine: fp32 {peaks['fp32']:.0f} GFLOP/s, bf16 {peaks['bf16']:.0f} "
           f"GFLOP/s; {torch.get_num_threads()} threads; CPU capability "
           f"{torch.backends.cpu.get_cpu_capability()}\n")
@@ -174,8 +174,10 @@ def joeynmt_timings(python: str, cfg, vocab: int, batches: list, train, steps: i
                 "batches": [(b.src_ids, b.tgt_in, b.tgt_out) for b in batches],
                 "pairs": list(zip(train["src_ids"], train["tgt_ids"]))}, path)
     script = Path(__file__).with_name("joeynmt_speed.py")
-    result = subprocess.run([python, str(script), str(path)], capture_output=True, text=True,
-                            check=True)
+    result = subprocess.run([python, str(script), str(path)], check=False, capture_output=True,
+                            text=True)
+    if result.returncode:
+        raise SystemExit(f"{script.name} failed:\n{result.stderr}")
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 

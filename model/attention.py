@@ -51,6 +51,7 @@ class MultiHeadAttention(nn.Module):
         self.w_k = nn.Linear(d_model, d_model)  # W_K
         self.w_v = nn.Linear(d_model, d_model)  # W_V
         self.w_o = nn.Linear(d_model, d_model)  # W_O: mixes the concatenated heads
+        self._stacks = {}  # decoding's stacked projections: names -> (weight versions, W, b)
 
     def forward(
         self, query: Tensor, key: Tensor | None, value: Tensor | None, *,
@@ -66,11 +67,11 @@ class MultiHeadAttention(nn.Module):
         # 1. project (one matmul for the projections that read the same input)
         reuse = cache is not None and cache.static and cache.k is not None
         if key is query and value is query and not reuse:  # self-attention
-            q, k, v = _project(query, self.w_q, self.w_k, self.w_v)  # (B, T, D) each
+            q, k, v = self._project(query, "w_q", "w_k", "w_v")  # (B, T, D) each
         else:
             q = self.w_q(query)
             if not reuse:
-                k, v = (_project(key, self.w_k, self.w_v) if key is value
+                k, v = (self._project(key, "w_k", "w_v") if key is value
                         else (self.w_k(key), self.w_v(value)))  # (B, Tk, D) each
         # 2. split heads: (B, T, D) -> (B, H, T, Dk)
         q = self._split(q)  # (B, H, Tq, Dk)
@@ -103,20 +104,27 @@ class MultiHeadAttention(nn.Module):
         context = context.transpose(1, 2).reshape(B, Tq, self.num_heads * self.d_k)
         return self.w_o(context), weights
 
+    def _project(self, x: Tensor, *names: str) -> tuple[Tensor, ...]:
+        """Apply the named projections to the same x in one matmul: x [W_1; W_2; ...]^T + [b_1; ...].
+
+        The same maths as calling each, with one pass over x instead of several. Stacking copies
+        the weights, so without autograd (decoding) the copy is kept until a weight changes.
+        """
+        layers = [getattr(self, name) for name in names]
+        if torch.is_grad_enabled():
+            weight, bias = _stack(layers)
+        else:
+            version = [(p.data_ptr(), p._version) for layer in layers for p in (layer.weight, layer.bias)]
+            if self._stacks.get(names, (None,))[0] != version:
+                self._stacks[names] = (version, *_stack(layers))
+            _, weight, bias = self._stacks[names]
+        return F.linear(x, weight, bias).chunk(len(names), dim=-1)
+
     def _split(self, x: Tensor) -> Tensor:
         B, T, _ = x.shape
         return x.view(B, T, self.num_heads, self.d_k).transpose(1, 2)  # (B, H, T, Dk)
 
 
-def _project(x: Tensor, *projections: nn.Linear) -> tuple[Tensor, ...]:
-    """Apply several Linear layers to the same x in one matmul: x [W_1; W_2; ...]^T + [b_1; ...].
-
-    The same maths as calling each, with one pass over x instead of several. Without autograd
-    (decoding: a few rows, weights that do not change) stacking the weights would cost more than
-    it saves, so each is applied on its own.
-    """
-    if not torch.is_grad_enabled():
-        return tuple(p(x) for p in projections)
-    weight = torch.cat([p.weight for p in projections])  # (n * D, D)
-    bias = torch.cat([p.bias for p in projections])
-    return F.linear(x, weight, bias).chunk(len(projections), dim=-1)
+def _stack(layers: list[nn.Linear]) -> tuple[Tensor, Tensor]:
+    """[W_1; W_2; ...] (n * D, D) and [b_1; b_2; ...] (n * D,): one Linear doing the work of n."""
+    return torch.cat([layer.weight for layer in layers]), torch.cat([layer.bias for layer in layers])

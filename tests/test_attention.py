@@ -91,3 +91,23 @@ def test_cached_self_attention_equals_full():
 def test_heads_that_do_not_divide_d_model_are_refused():
     with pytest.raises(ValueError, match=r"d_model \(30\).*num_heads \(4\)"):
         MultiHeadAttention(30, 4)
+
+
+def test_decoding_sees_every_change_to_the_weights():
+    # without autograd the stacked W_Q, W_K, W_V are kept between calls: an optimiser step or a
+    # loaded state must still reach them
+    torch.manual_seed(0)
+    ours = MultiHeadAttention(D, 4).eval()
+    x, memory = torch.randn(2, 5, D), torch.randn(2, 6, D)
+    with torch.no_grad():
+        ours(x, x, x), ours(x, memory, memory)  # fill the stacks
+    optimiser = torch.optim.SGD(ours.parameters(), lr=0.5)
+    ours(x, x, x)[0].sum().backward()
+    optimiser.step()
+    ours.load_state_dict({**ours.state_dict(), "w_v.bias": torch.randn(D)})
+    for query, key in [(x, x), (x, memory)]:
+        with torch.no_grad():
+            out, _ = ours(query, key, key, causal=key is query)
+        expected, _ = reference_for(ours, 4)(query, key, key, attn_mask=(
+            torch.ones(5, 5, dtype=torch.bool).triu(1) if key is query else None))
+        torch.testing.assert_close(out, expected, atol=1e-4, rtol=1e-4)
