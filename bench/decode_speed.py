@@ -3,7 +3,9 @@
 Each case runs in a fresh process, so its peak RSS (ru_maxrss) is its own; the table shows that
 peak and how far decoding raised it above the loaded model's. Sentences are the run's test split
 (test_2016_flickr for the Multi30k presets) or --src-file. Batch-1 cases take the first
---batch1-limit sentences, since uncached decoding one sentence at a time is slow.
+--batch1-limit sentences, since uncached decoding one sentence at a time is slow. Each case also
+gives the milliseconds a decoder step takes and the MiB of weights one step reads: at batch 1 a
+step streams all its weights once, cached or not, which bounds what the cache can save there.
 
     python bench/decode_speed.py RUN [--limit N] [--batch1-limit 200] [--device auto]
 """
@@ -47,6 +49,8 @@ def child(args: argparse.Namespace) -> None:
     options = {"batch_size": args.batch, "beam": args.beam, "use_cache": args.use_cache,
                "decode_cfg": cfg.decode}
     list(translate_lines(model, tokenizer, lines[:2], **options))  # warm-up: first-call costs
+    steps = [0]  # decoder steps: the final LayerNorm (or Identity) runs once a step
+    model.decoder_norm.register_forward_hook(lambda *_: steps.__setitem__(0, steps[0] + 1))
     if model.output.weight.is_cuda:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
@@ -58,11 +62,22 @@ def child(args: argparse.Namespace) -> None:
     seconds = time.perf_counter() - start
     peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     gpu = torch.cuda.max_memory_allocated() if model.output.weight.is_cuda else 0
-    print(json.dumps({"seconds": seconds, "sentences": len(outputs), "peak_kib": peak_kib,
+    print(json.dumps({"seconds": seconds, "sentences": len(outputs), "steps": steps[0],
+                      "step_weights_mib": step_weights(model, args.use_cache) / 2**20,
+                      "peak_kib": peak_kib,
                       "decode_kib": peak_kib - loaded_kib, "gpu_bytes": gpu,
                       "threads": torch.get_num_threads(), "device": str(model.output.weight.device),
                       "model": f"{cfg.model.encoder_layers}+{cfg.model.decoder_layers} layers, "
                                f"d_model {cfg.model.d_model}"}))
+
+
+def step_weights(model, use_cache: bool) -> int:
+    """Bytes of weights one decoder step reads: every decoder layer and the output layer; with the
+    cache, encoder-decoder attention's W_K and W_V are not among them (applied once a sentence)."""
+    skip = {id(p) for layer in model.decoder for p in [*layer.cross_attn.w_k.parameters(),
+                                                       *layer.cross_attn.w_v.parameters()]}
+    params = [*model.decoder.parameters(), *model.decoder_norm.parameters(), model.output.weight]
+    return sum(p.numel() * p.element_size() for p in params if not (use_cache and id(p) in skip))
 
 
 def run_case(args: argparse.Namespace, beam: int, use_cache: bool, batch: int, count: int) -> dict:
@@ -104,14 +119,15 @@ def main() -> None:
         speed[name, batch] = result["sentences"] / result["seconds"]
         gpu = f" / {result['gpu_bytes'] / 2**20:.0f}" if result["gpu_bytes"] else ""
         rows.append(f"| {name} | {batch} | {result['sentences']} | {result['seconds']:.2f} | "
-                    f"{speed[name, batch]:.1f} | {result['peak_kib'] / 1024:.0f} | "
+                    f"{speed[name, batch]:.1f} | {1000 * result['seconds'] / result['steps']:.2f} | "
+                    f"{result['step_weights_mib']:.1f} | {result['peak_kib'] / 1024:.0f} | "
                     f"{result['decode_kib'] / 1024:.0f}{gpu} |")
     print(f"Decoding {args.run} ({result['model']}) on {result['device']}, "
           f"{result['threads']} torch threads, {platform.processor() or platform.machine()}; "
           f"batch-1 cases on the first {min(total, args.batch1_limit)} of {total} sentences.\n")
-    print("| case | batch | sentences | seconds | sentences/s | peak RSS MiB | "
-          "decoding's own peak MiB (RSS / GPU) |")
-    print("|---|---|---|---|---|---|---|")
+    print("| case | batch | sentences | seconds | sentences/s | ms per decoder step | "
+          "weights a step reads, MiB | peak RSS MiB | decoding's own peak MiB (RSS / GPU) |")
+    print("|---|---|---|---|---|---|---|---|---|")
     print("\n".join(rows))
     cached, uncached = speed["greedy, cache", 1], speed["greedy, no cache", 1]
     print(f"\ncache speed-up at batch 1: {cached / uncached:.1f}x (target >= 5x); "
