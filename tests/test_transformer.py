@@ -1,6 +1,8 @@
 """The Transformer: causality, padding invariance, cached decoding, gradients, learning."""
 
 import dataclasses
+from functools import partial
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -70,6 +72,55 @@ def test_greedy_with_and_without_cache_agree():
     uncached = greedy(model, src, bos=BOS, eos=EOS, use_cache=False)
     assert cached == uncached
     assert all(len(out) <= 1.5 * 7 + 10 for out in cached)
+
+
+@pytest.mark.parametrize("search", ["greedy", "greedy without cache", "beam 3"])
+def test_output_length_is_capped_at_a_times_source_length_plus_b(search):
+    decode = {"greedy": greedy, "greedy without cache": partial(greedy, use_cache=False),
+              "beam 3": partial(beam_search, beam=3)}[search]
+    model = make(seed=4, max_positions=12)
+    never_eos = torch.zeros(V)
+    never_eos[5] = 1e4  # token 5 always wins, so no sentence ends before its cap
+    model.output.register_forward_hook(lambda module, inputs, logits: logits + never_eos)
+    src = random_ids(3, 8)
+    src[0, 5:] = PAD  # 5, 2 and 8 source tokens
+    src[1, 2:] = PAD
+    out = decode(model, src, bos=BOS, eos=EOS, max_len_a=0.5, max_len_b=3)
+    assert [len(ids) for ids in out] == [int(0.5 * 5 + 3), int(0.5 * 2 + 3), int(0.5 * 8 + 3)]
+    out = decode(model, src, bos=BOS, eos=EOS, max_len_a=1.0, max_len_b=100)
+    assert [len(ids) for ids in out] == [11, 11, 11]  # within the model's 12 positions, BOS included
+
+
+class LastTokenModel:
+    """A stand-in for beam search: the next token's log-probabilities depend on the last token only."""
+
+    pad_id, cfg = PAD, ModelConfig()
+
+    def __init__(self, next_token: dict[int, dict[int, float]]) -> None:
+        probs = torch.full((V, V), 1e-6)
+        for last, choices in next_token.items():
+            for token, p in choices.items():
+                probs[last, token] = p
+        self.log_probs = probs.log().log_softmax(dim=-1)  # (V, V): row = last token
+
+    def encode(self, src_ids, src_pad_mask):
+        return torch.zeros(*src_ids.shape, 1)
+
+    def new_cache(self):
+        return SimpleNamespace(reorder=lambda index: None)
+
+    def decode(self, tgt_in, memory, src_pad_mask, cache):
+        return self.log_probs[tgt_in[:, -1]][:, None]  # (B, 1, V)
+
+
+def test_beam_search_ranks_endings_with_the_length_penalty():
+    # "</s>" at once: log 0.5 over 1 token; "A </s>": log 0.5 + log 0.9 over 2 tokens
+    model = LastTokenModel({BOS: {EOS: 0.5, 4: 0.5}, 4: {EOS: 0.9, 4: 0.1}})
+    src = random_ids(1, 3)
+    def best(penalty):
+        return beam_search(model, src, beam=2, bos=BOS, eos=EOS, length_penalty=penalty)[0]
+    assert best(0.0) == []  # raw log-probability: the shorter ending wins
+    assert best(1.0) == [4]  # per token: -0.40 beats -0.69
 
 
 def test_gradients_reach_every_parameter():
