@@ -5,7 +5,8 @@ peak and how far decoding raised it above the loaded model's. Sentences are the 
 (test_2016_flickr for the Multi30k presets) or --src-file. Batch-1 cases take the first
 --batch1-limit sentences, since uncached decoding one sentence at a time is slow. Each case also
 gives the milliseconds a decoder step takes and the MiB of weights one step reads: at batch 1 a
-step streams all its weights once, cached or not, which bounds what the cache can save there.
+step reads all its weights once, cached or not, and runs the same ops, a cost the cache cannot
+save (bench/cache_curve.py shows its gain by output length).
 
     python bench/decode_speed.py RUN [--limit N] [--batch1-limit 200] [--device auto]
 """

@@ -20,9 +20,9 @@ LEVELS = 1 << 16  # a 16-bit random integer takes this many values
 def dropout(x: Tensor, p: float, training: bool = True) -> Tensor:
     if not training or p == 0.0:
         return x
-    if x.device.type != "cpu" or p >= 1.0:
-        return F.dropout(x, p, training)
     dropped = round(p * LEVELS)  # of the LEVELS values, this many drop an element
+    if x.device.type != "cpu" or dropped >= LEVELS:  # p within 2^-17 of 1 or above: F.dropout
+        return F.dropout(x, p, training)
     draws = torch.empty((x.numel() + 3) // 4, dtype=torch.int64).random_(-(1 << 63), None)
     bits = draws.view(torch.int16)[:x.numel()].view_as(x)  # uniform in [-2^15, 2^15)
     keep = bits >= dropped - LEVELS // 2

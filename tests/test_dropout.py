@@ -50,5 +50,6 @@ def test_evaluation_and_p_zero_leave_the_input(p):
     assert dropout(x, 0.0) is x
 
 
-def test_p_one_drops_everything():
-    assert dropout(torch.ones(9), 1.0).eq(0).all()
+@pytest.mark.parametrize("p", [1.0, 0.999999])  # 0.999999 rounds to 2^16 / 2^16
+def test_p_one_drops_everything(p):
+    assert dropout(torch.ones(9), p).eq(0).all()
