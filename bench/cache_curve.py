@@ -19,8 +19,11 @@ import torch
 
 
 @torch.no_grad()
-def step_times(model, src_ids: torch.Tensor, steps: int, use_cache: bool) -> tuple[float, list[float]]:
-    """Seconds of the encoder pass and of each of `steps` greedy decoder steps for src_ids (1, S)."""
+def step_times(
+    model, src_ids: torch.Tensor, steps: int, use_cache: bool,
+) -> tuple[float, list[float]]:
+    """Seconds of the encoder pass and of each of `steps` greedy decoder steps
+    for src_ids (1, S)."""
     from mha.data.tokenizer import Tokenizer
     from mha.model.masks import padding_mask
 
@@ -48,7 +51,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from mha.data.prepare import load_prepared
-    from mha.model.inference import load_model
+    from mha.inference.run import load_model
 
     model, tokenizer, cfg = load_model(args.run, args.checkpoint, "cpu")
     lengths = [n for n in args.lengths if n < cfg.model.max_positions]

@@ -23,14 +23,16 @@ import time
 from pathlib import Path
 
 CASES = [  # (name, beam, use_cache, batch size or None for --batch-size)
-    ("greedy, cache", 1, True, 1), ("greedy, no cache", 1, False, 1), ("beam 4", 4, True, 1),
-    ("greedy, cache", 1, True, None), ("greedy, no cache", 1, False, None), ("beam 4", 4, True, None),
+    ("greedy, cache", 1, True, 1), ("greedy, no cache", 1, False, 1),
+    ("beam 4", 4, True, 1),
+    ("greedy, cache", 1, True, None), ("greedy, no cache", 1, False, None),
+    ("beam 4", 4, True, None),
 ]
 
 
 def sources(run_dir: Path, src_file: Path | None) -> list[str]:
     if src_file is not None:
-        from mha.data.corpus import read_lines
+        from mha.data.files import read_lines
 
         return read_lines(src_file)
     from mha.data.prepare import load_prepared
@@ -42,8 +44,8 @@ def child(args: argparse.Namespace) -> None:
     """One case: load, warm up, decode, print a JSON line with time and memory."""
     import torch
 
-    from mha.model.inference import load_model
-    from mha.model.translate import translate_lines
+    from mha.inference.run import load_model
+    from mha.inference.translate import translate_lines
 
     lines = sources(args.run, args.src_file)[:args.count]
     model, tokenizer, cfg = load_model(args.run, args.checkpoint, args.device)
@@ -106,7 +108,8 @@ def main() -> None:
     parser.add_argument("--beam", type=int, default=1, help=argparse.SUPPRESS)
     parser.add_argument("--batch", type=int, default=1, help=argparse.SUPPRESS)
     parser.add_argument("--count", type=int, default=None, help=argparse.SUPPRESS)
-    parser.add_argument("--no-cache", dest="use_cache", action="store_false", help=argparse.SUPPRESS)
+    parser.add_argument("--no-cache", dest="use_cache", action="store_false",
+                        help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         return child(args)
@@ -120,7 +123,8 @@ def main() -> None:
         speed[name, batch] = result["sentences"] / result["seconds"]
         gpu = f" / {result['gpu_bytes'] / 2**20:.0f}" if result["gpu_bytes"] else ""
         rows.append(f"| {name} | {batch} | {result['sentences']} | {result['seconds']:.2f} | "
-                    f"{speed[name, batch]:.1f} | {1000 * result['seconds'] / result['steps']:.2f} | "
+                    f"{speed[name, batch]:.1f} | "
+                    f"{1000 * result['seconds'] / result['steps']:.2f} | "
                     f"{result['step_weights_mib']:.1f} | {result['peak_kib'] / 1024:.0f} | "
                     f"{result['decode_kib'] / 1024:.0f}{gpu} |")
     print(f"Decoding {args.run} ({result['model']}) on {result['device']}, "

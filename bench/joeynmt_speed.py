@@ -43,7 +43,8 @@ class Pieces(torch.utils.data.Dataset):
 
 def joey_batches(pairs: list, count: int) -> list:
     """The first `count` batches of JoeyNMT's training loop, padded as it pads them."""
-    order = torch.utils.data.RandomSampler(Pieces(pairs), generator=torch.Generator().manual_seed(1))
+    order = torch.utils.data.RandomSampler(
+        Pieces(pairs), generator=torch.Generator().manual_seed(1))
     pad = lambda rows: torch.nn.utils.rnn.pad_sequence(  # mha's ids, mha's padding 0
         [torch.tensor(r) for r in rows], batch_first=True, padding_value=0)
     batches = []

@@ -59,7 +59,8 @@ def repeat_corpus(data_dir: Path, pairs: int, folder: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--pairs", type=int, default=1_000_000, help="training pairs of the big run")
+    parser.add_argument("--pairs", type=int, default=1_000_000,
+                        help="training pairs of the big run")
     parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA, help="Multi30k .gz files")
     args = parser.parse_args()
 
@@ -99,7 +100,8 @@ def main() -> None:
               f"{speed:>9}{r['rss_mib']:>14,.0f}")
     print("wall s: the whole command, interpreter start included. prepare s: read the corpus "
           "(read), train SentencePiece (spm), encode and save every split (encode), or load the "
-          "cache (reused). pairs/s: pairs over prepare s. peak RSS: the command's process, os.wait4.")
+          "cache (reused). pairs/s: pairs over prepare s. peak RSS: the command's process, "
+          "os.wait4.")
 
 if __name__ == "__main__":
     main()

@@ -28,7 +28,7 @@ from mha.data.batching import TokenBatches, collate
 from mha.data.prepare import prepare
 from mha.model import Transformer
 from mha.model.info import training_flops
-from mha.model.loss import summed_loss
+from mha.training.loss import summed_loss
 
 SIZES = {  # name -> config overrides
     "multi30k_de_en preset": [],
@@ -57,7 +57,8 @@ class TorchTransformer(nn.Module):
         super().__init__()
         self.embed = nn.Embedding(vocab, cfg.d_model, padding_idx=0)
         self.body = nn.Transformer(cfg.d_model, cfg.heads, cfg.encoder_layers, cfg.decoder_layers,
-                                   cfg.d_ff, cfg.dropout, batch_first=True, norm_first=cfg.norm == "pre")
+                                   cfg.d_ff, cfg.dropout, batch_first=True,
+                                   norm_first=cfg.norm == "pre")
         self.output = nn.Linear(cfg.d_model, vocab, bias=False)
         self.output.weight = self.embed.weight
         self.scale = math.sqrt(cfg.d_model)
@@ -104,13 +105,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=16, help="timed updates per model")
     parser.add_argument("--precision", nargs="+", default=["fp32"], choices=["fp32", "bf16"])
-    parser.add_argument("--joeynmt", metavar="PYTHON", help="a Python that can import joeynmt 2.3.0")
+    parser.add_argument("--joeynmt", metavar="PYTHON",
+                        help="a Python that can import joeynmt 2.3.0")
     args = parser.parse_args()
-    peaks = {"fp32": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16, n=1024, repeats=2)}
-    print(f"matmul peak on this machine: fp32 {peaks['fp32']:.0f} GFLOP/s, bf16 {peaks['bf16']:.0f} "
-          f"GFLOP/s; {torch.get_num_threads()} threads; CPU capability "
+    peaks = {"fp32": matmul_peak(torch.float32),
+             "bf16": matmul_peak(torch.bfloat16, n=1024, repeats=2)}
+    print(f"matmul peak on this machine: fp32 {peaks['fp32']:.0f} GFLOP/s, "
+          f"bf16 {peaks['bf16']:.0f} GFLOP/s; {torch.get_num_threads()} threads; CPU capability "
           f"{torch.backends.cpu.get_cpu_capability()}\n")
-    print("| model | implementation | precision | s/update | src+tgt tokens/s | GFLOP/s | MFU (fp32 peak) | MFU (bf16 peak) | padding |")
+    print("| model | implementation | precision | s/update | src+tgt tokens/s | GFLOP/s | "
+          "MFU (fp32 peak) | MFU (bf16 peak) | padding |")
     print("|---|---|---|---|---|---|---|---|---|")
     ratios = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -129,7 +133,8 @@ def main() -> None:
             padded = sum(b.src_ids.numel() + b.tgt_out.numel() for b in timed) / len(timed)
             vocab = prepared.tokenizer.src_vocab_size
             flops = sum(training_flops(cfg.model, vocab, vocab, b.src_tokens, b.tgt_tokens,
-                                       b.src_ids.shape[1], b.tgt_in.shape[1]) for b in timed) / len(timed)
+                                       b.src_ids.shape[1], b.tgt_in.shape[1])
+                        for b in timed) / len(timed)
             timings = {}  # (label, precision) -> (seconds per update, tokens, FLOPs, padding)
             same = (src_tokens + tgt_tokens, flops, 1 - (src_tokens + tgt_tokens) / padded)
             for precision in args.precision:
@@ -139,7 +144,8 @@ def main() -> None:
                 for label, seconds in time_side_by_side(models, batches, precision).items():
                     timings[label, precision] = (seconds, *same)
             if args.joeynmt:
-                own = joeynmt_timings(args.joeynmt, cfg, vocab, batches, train, args.steps, Path(tmp))
+                own = joeynmt_timings(args.joeynmt, cfg, vocab, batches, train, args.steps,
+                                      Path(tmp))
                 timings["JoeyNMT 2.3.0, mha's batches", "fp32"] = (own["same_batches"], *same)
                 joey = own["own_batching"]
                 joey_flops = training_flops(cfg.model, vocab, vocab, joey["src_tokens"],

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import itertools
 import logging
 import sys
 from importlib.metadata import version
@@ -17,15 +16,17 @@ from mha.configs.schema import Config, ConfigError, load_config
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Train, run and score a from-scratch transformer translation model.")
 
-ConfigArg = Annotated[str, typer.Argument(help="A YAML config path or a preset name (e.g. multi30k_de_en).")]
-SetOpt = Annotated[list[str] | None, typer.Option("--set", help="Override a key: --set model.heads=8 (repeatable).")]
+ConfigArg = Annotated[str, typer.Argument(
+    help="A YAML config path or a preset name (e.g. multi30k_de_en).")]
+SetOpt = Annotated[list[str] | None, typer.Option(
+    "--set", help="Override a key: --set model.heads=8 (repeatable).")]
 
 
 def user_errors() -> tuple[type[Exception], ...]:
     """The project's own errors: shown as one line on stderr with exit code 2, no traceback."""
-    from mha.data.corpus import DataError
-    from mha.model.checkpoint import CheckpointError
-    from mha.model.train import TrainingError
+    from mha.data.files import DataError
+    from mha.inference.checkpoint import CheckpointError
+    from mha.training.loop import TrainingError
 
     return ConfigError, DataError, CheckpointError, TrainingError
 
@@ -72,7 +73,8 @@ def command(fn):
 def tokenize(
     config_path: ConfigArg,
     overrides: SetOpt = None,
-    rebuild: Annotated[bool, typer.Option("--rebuild", help="Rebuild even if the cache matches.")] = False,
+    rebuild: Annotated[bool, typer.Option(
+        "--rebuild", help="Rebuild even if the cache matches.")] = False,
 ) -> None:
     """Train the SentencePiece tokenizer and encode every split into the run folder."""
     from mha.data.prepare import format_report, prepare  # datasets is slow to import
@@ -87,10 +89,11 @@ def tokenize(
 def train(
     config_path: ConfigArg,
     overrides: SetOpt = None,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue from run_dir/checkpoints/last.pt.")] = False,
+    resume: Annotated[bool, typer.Option(
+        "--resume", help="Continue from run_dir/checkpoints/last.pt.")] = False,
 ) -> None:
-    """Train a transformer (tokenizing first if the run folder has no data). Works under torchrun."""
-    from mha.model.train import train as run_training
+    """Train a transformer (tokenizing first when the run has no data). Works under torchrun."""
+    from mha.training.loop import train as run_training
 
     cfg = config(config_path, overrides)
     progress = run_training(cfg, resume=resume).progress
@@ -102,9 +105,14 @@ def train(
 def info(
     config_path: ConfigArg,
     overrides: SetOpt = None,
-    src_len: Annotated[float, typer.Option("--src-len", min=1, help="Mean source length in tokens (attention scores grow with it).")] = 16,
-    tgt_len: Annotated[float, typer.Option("--tgt-len", min=1, help="Mean target length in tokens.")] = 16,
-    vocab: Annotated[int | None, typer.Option("--vocab", min=1, help="Vocabulary size per side (default: data.vocab_size).", show_default=False)] = None,
+    src_len: Annotated[float, typer.Option(
+        "--src-len", min=1, help="Mean source length in tokens (attention scores grow with "
+        "it).")] = 16,
+    tgt_len: Annotated[float, typer.Option(
+        "--tgt-len", min=1, help="Mean target length in tokens.")] = 16,
+    vocab: Annotated[int | None, typer.Option(
+        "--vocab", min=1, help="Vocabulary size per side (default: data.vocab_size).",
+        show_default=False)] = None,
 ) -> None:
     """Parameters and FLOPs per token by component, from the config alone (nothing is built)."""
     from mha.model.info import format_info
@@ -117,80 +125,92 @@ def info(
 
 
 RunArg = Annotated[Path, typer.Argument(help="A run folder made by `mha train`.")]
-CheckpointOpt = Annotated[str, typer.Option("--checkpoint", help="best, last or a checkpoint path.")]
-DeviceOpt = Annotated[str, typer.Option("--device", help="auto (cuda when available), cpu or cuda.")]
-BeamOpt = Annotated[int | None, typer.Option("--beam", min=1, help="Beam size; 1 is greedy (default: the run's decode.beam).")]
-BatchOpt = Annotated[int | None, typer.Option("--batch-size", min=1, help="Sentences per batch (default: the run's decode.batch_size).")]
+CheckpointOpt = Annotated[str, typer.Option(
+    "--checkpoint", help="best, last or a checkpoint path.")]
+DeviceOpt = Annotated[str, typer.Option(
+    "--device", help="auto (cuda when available), cpu or cuda.")]
+BeamOpt = Annotated[int | None, typer.Option(
+    "--beam", min=1, help="Beam size; 1 is greedy (default: the run's decode.beam).")]
+BatchOpt = Annotated[int | None, typer.Option(
+    "--batch-size", min=1, help="Sentences per batch (default: the run's decode.batch_size).")]
 
 
 @command
 def translate(
     run_dir: RunArg,
-    texts: Annotated[list[str] | None, typer.Argument(help="Sentences; without them, --input or stdin.", show_default=False)] = None,
-    input_file: Annotated[Path | None, typer.Option("--input", help="Translate this file, a sentence a line.")] = None,
-    output_file: Annotated[Path | None, typer.Option("--output", help="Write here (atomically), not stdout.")] = None,
+    texts: Annotated[list[str] | None, typer.Argument(
+        help="Sentences; without them, --input or stdin.", show_default=False)] = None,
+    input_file: Annotated[Path | None, typer.Option(
+        "--input", help="Translate this file, a sentence a line.")] = None,
+    output_file: Annotated[Path | None, typer.Option(
+        "--output", help="Write here (atomically), not stdout.")] = None,
     which: CheckpointOpt = "best",
     batch_size: BatchOpt = None,
     beam: BeamOpt = None,
-    no_cache: Annotated[bool, typer.Option("--no-cache", help="Greedy without the KV cache (same output, slower).")] = False,
+    no_cache: Annotated[bool, typer.Option(
+        "--no-cache", help="Greedy without the KV cache (same output, slower).")] = False,
     device: DeviceOpt = "auto",
-    attention: Annotated[Path | None, typer.Option("--attention", help="Draw the sentence's attention into this PNG.")] = None,
-    self_attention: Annotated[bool, typer.Option("--self-attention", help="With --attention, draw self-attention too.")] = False,
+    attention: Annotated[Path | None, typer.Option(
+        "--attention", help="Draw the sentence's attention into this PNG.")] = None,
+    self_attention: Annotated[bool, typer.Option(
+        "--self-attention", help="With --attention, draw self-attention too.")] = False,
 ) -> None:
     """Translate sentences from the arguments, a file or stdin: one output line per input line."""
-    from mha.data.corpus import read_lines
-    from mha.model.inference import load_model
-    from mha.model.translate import CHUNK_BATCHES, read_chunks, translate_chunks, translate_lines
+    from mha.cli.stdin import stdin_chunks
+    from mha.data.files import read_lines
+    from mha.inference.run import load_model
+    from mha.inference.translate import translate_chunks, translate_lines
 
-    if texts and input_file:
-        fail("give sentences as arguments or with --input FILE, not both")
-    if (attention or self_attention) and (attention is None or len(texts or []) != 1):
-        fail("--attention FILE.png draws one sentence: give exactly one TEXT (and --self-attention only with it)")
-    lines = read_lines(input_file) if input_file else texts  # bad input fails before the model loads
+    _check_sources(texts, input_file, attention, self_attention)
+    lines = read_lines(input_file) if input_file else texts  # fails before the model loads
     model, tokenizer, cfg = load_model(run_dir, which, device)
     options = {"batch_size": batch_size or cfg.decode.batch_size, "beam": beam or cfg.decode.beam,
                "use_cache": not no_cache, "decode_cfg": cfg.decode}
     if attention:
-        from mha.model.plot_attention import attention_weights, plot_attention
+        from mha.inference.pictures import attention_weights, plot_attention
 
-        plot_attention(attention_weights(model, tokenizer, texts[0], cfg.decode), attention,
-                       self_attention=self_attention)
-    if lines is not None:
+        weights = attention_weights(model, tokenizer, texts[0], cfg.decode, options["beam"])
+        plot_attention(weights, attention, self_attention=self_attention)
+        outputs = [weights.translation]  # decoded once, for the picture and the answer
+    elif lines is not None:
         outputs = translate_lines(model, tokenizer, lines, **options)
     else:
-        chunks = (_prompted() if sys.stdin.isatty()
-                  else read_chunks(sys.stdin.buffer, options["batch_size"] * CHUNK_BATCHES))
-        outputs = translate_chunks(model, tokenizer, chunks, **options)
+        outputs = translate_chunks(model, tokenizer, stdin_chunks(options["batch_size"]), **options)
+    _emit(outputs, output_file)
+
+
+def _check_sources(texts: list[str] | None, input_file: Path | None, attention: Path | None,
+                   self_attention: bool) -> None:
+    if texts and input_file:
+        fail("give sentences as arguments or with --input FILE, not both")
+    if (attention or self_attention) and (attention is None or len(texts or []) != 1):
+        fail("--attention FILE.png draws one sentence: give exactly one TEXT "
+             "(and --self-attention only with it)")
+
+
+def _emit(lines, output_file: Path | None) -> None:
+    """To stdout, flushed line by line (a pipe gets each answer as it is ready), or a file."""
     if output_file is None:
-        for line in outputs:
-            typer.echo(line)  # flushed line by line: a pipe gets each answer as it is ready
-    else:
-        from mha.model.checkpoint import atomic_write
+        for line in lines:
+            typer.echo(line)
+        return
+    from mha.data.files import write_lines
 
-        text = "".join(f"{line}\n" for line in outputs).encode("utf-8")
-        atomic_write(output_file, lambda file: file.write(text))
-
-
-def _prompted():
-    """One chunk per line typed at the terminal, until end of input (Ctrl-D)."""
-    from mha.data.corpus import decode_line
-
-    for number in itertools.count(1):
-        typer.echo("> ", err=True, nl=False)
-        raw = sys.stdin.buffer.readline()
-        if not raw:
-            typer.echo(err=True)
-            return
-        yield [decode_line(raw, number)]
+    write_lines(output_file, lines)
 
 
 @command
 def eval(  # the command's name; shadows the builtin only inside this module
     run_dir: RunArg,
-    split: Annotated[str, typer.Option("--split", help="The run's prepared split to score: test or val.")] = "test",
-    src_file: Annotated[Path | None, typer.Option("--src-file", help="Score these sources instead of a split.")] = None,
-    ref_file: Annotated[Path | None, typer.Option("--ref-file", help="References for --src-file, line by line.")] = None,
-    output_file: Annotated[Path | None, typer.Option("--output", help="Hypotheses file (default: RUN/eval/SPLIT.greedy.hyp or .beamN.hyp).", show_default=False)] = None,
+    split: Annotated[str, typer.Option(
+        "--split", help="The run's prepared split to score: test or val.")] = "test",
+    src_file: Annotated[Path | None, typer.Option(
+        "--src-file", help="Score these sources instead of a split.")] = None,
+    ref_file: Annotated[Path | None, typer.Option(
+        "--ref-file", help="References for --src-file, line by line.")] = None,
+    output_file: Annotated[Path | None, typer.Option(
+        "--output", help="Hypotheses file (default: RUN/eval/SPLIT.greedy.hyp or .beamN.hyp).",
+        show_default=False)] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
     beam: BeamOpt = None,
     batch_size: BatchOpt = None,
@@ -200,13 +220,14 @@ def eval(  # the command's name; shadows the builtin only inside this module
     """Translate a test set and score it with sacreBLEU (BLEU and chrF, with their signatures)."""
     import json
 
-    from mha.model.evaluate import eval_set, evaluate
-    from mha.model.inference import load_model
+    from mha.inference.evaluate import eval_set, evaluate
+    from mha.inference.run import load_model
 
     model, tokenizer, cfg = load_model(run_dir, which, device)
     sources, references, name = eval_set(run_dir, split, src_file, ref_file)
     beam = beam or cfg.decode.beam
-    hyp_path = output_file or run_dir / "eval" / f"{name}.{'greedy' if beam == 1 else f'beam{beam}'}.hyp"
+    decoding = "greedy" if beam == 1 else f"beam{beam}"
+    hyp_path = output_file or run_dir / "eval" / f"{name}.{decoding}.hyp"
     result = evaluate(model, tokenizer, sources, references, beam=beam, decode_cfg=cfg.decode,
                       batch_size=batch_size or cfg.decode.batch_size, hyp_path=hyp_path)
     if as_json:

@@ -19,8 +19,6 @@ from typing import Any
 import yaml
 
 PRESET_DIR = Path(__file__).parent
-MULTI30K_LANGS = ("en", "de", "fr", "cs")
-MULTI30K_SPLITS = ("train", "val", "test_2016_flickr")
 
 
 class ConfigError(ValueError):
@@ -66,6 +64,11 @@ class ModelConfig:
     positional: str = "sinusoidal"  # sinusoidal or learned
     max_positions: int = 256
     tie_embeddings: bool = True  # needs data.joint_vocab
+
+    @property
+    def max_tokens(self) -> int:
+        """Most tokens of a source or an output: one position stays for BOS (or EOS)."""
+        return self.max_positions - 1
 
 
 @dataclass(frozen=True)
@@ -131,7 +134,8 @@ def load_config(path_or_preset: str | Path, overrides: list[str] = ()) -> Config
     except (yaml.YAMLError, UnicodeDecodeError) as error:
         raise ConfigError(f"{path}: not valid YAML: {error}".replace("\n", " ")) from None
     if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: expected a mapping of keys at the top, got {type(raw).__name__}")
+        raise ConfigError(f"{path}: expected a mapping of keys at the top, "
+                          f"got {type(raw).__name__}")
     for item in overrides:
         _apply_override(raw, item)
     return from_dict(raw)
@@ -139,9 +143,11 @@ def load_config(path_or_preset: str | Path, overrides: list[str] = ()) -> Config
 
 def from_dict(raw: dict) -> Config:
     """Build a Config from nested dicts (as stored in checkpoints), validating everything."""
+    from mha.configs.checks import check  # checks reads the dataclasses defined here
+
     problems: list[str] = []
     cfg = _build(Config, raw, "", problems)  # a bad value falls back to its default here
-    problems += _check(cfg)
+    problems += check(cfg)
     if problems:
         raise ConfigError("invalid config: " + "; ".join(problems))
     return cfg
@@ -194,7 +200,8 @@ def _build(cls: type, raw: Any, prefix: str, problems: list[str]) -> Any:
     for key, value in raw.items():
         if key not in names:
             close = difflib.get_close_matches(str(key), names, n=1)
-            hint = f" (did you mean {prefix}{close[0]}?)" if close else f" (valid: {', '.join(names)})"
+            hint = (f" (did you mean {prefix}{close[0]}?)" if close
+                    else f" (valid: {', '.join(names)})")
             problems.append(f"unknown key {prefix}{key}{hint}")
             continue
         kind = hints[key]
@@ -230,73 +237,3 @@ def _coerce(value: Any, kind: Any) -> tuple[bool, Any]:
 def _type_name(kind: Any) -> str:
     options = typing.get_args(kind) if isinstance(kind, types.UnionType) else (kind,)
     return " or ".join("null" if o is type(None) else o.__name__ for o in options)
-
-
-def _check(cfg: Config) -> list[str]:
-    """Every value-level problem: sizes, ranges, choices, and the relations between keys."""
-    problems = []
-    d, m, t, dec = cfg.data, cfg.model, cfg.train, cfg.decode
-    positive = {
-        "data.vocab_size": d.vocab_size, "data.max_len": d.max_len, "data.spm_sample": d.spm_sample,
-        "model.d_model": m.d_model, "model.heads": m.heads, "model.encoder_layers": m.encoder_layers,
-        "model.decoder_layers": m.decoder_layers, "model.d_ff": m.d_ff,
-        "model.max_positions": m.max_positions, "train.max_steps": t.max_steps,
-        "train.batch_tokens": t.batch_tokens, "train.accumulate": t.accumulate, "train.lr": t.lr,
-        "train.eval_every": t.eval_every, "train.log_every": t.log_every,
-        "decode.beam": dec.beam, "decode.batch_size": dec.batch_size,
-    }
-    problems += [f"{k} must be positive, got {v}" for k, v in positive.items() if v <= 0]
-    non_negative = {
-        "train.warmup_steps": t.warmup_steps, "train.clip_norm": t.clip_norm,
-        "train.patience": t.patience, "train.average_last": t.average_last,
-        "train.num_threads": t.num_threads, "train.weight_decay": t.weight_decay,
-        "decode.max_len_a": dec.max_len_a, "decode.max_len_b": dec.max_len_b,
-    }
-    problems += [f"{k} must be >= 0, got {v}" for k, v in non_negative.items() if v < 0]
-    for key, value in {"model.dropout": m.dropout, "model.attention_dropout": m.attention_dropout,
-                       "train.label_smoothing": t.label_smoothing}.items():
-        if not 0 <= value < 1:
-            problems.append(f"{key} must be in [0, 1), got {value}")
-    if m.heads > 0 and m.d_model > 0 and m.d_model % m.heads:
-        problems.append(
-            f"model.heads ({m.heads}) must divide model.d_model ({m.d_model}): "
-            f"d_k = d_model / heads would be {m.d_model / m.heads:.4g}, not a whole number"
-        )
-    if t.warmup_steps >= t.max_steps > 0:
-        problems.append(
-            f"train.warmup_steps ({t.warmup_steps}) must be below train.max_steps ({t.max_steps})"
-        )
-    choices = {
-        "model.activation": (m.activation, ("relu", "gelu")),
-        "model.norm": (m.norm, ("pre", "post")),
-        "model.positional": (m.positional, ("sinusoidal", "learned")),
-        "train.precision": (t.precision, ("fp32", "bf16", "fp16")),
-        "train.device": (t.device, ("auto", "cpu", "cuda")),
-        "data.spm_model_type": (d.spm_model_type, ("bpe", "unigram")),
-    }
-    for key, (value, allowed) in choices.items():
-        if value not in allowed:
-            problems.append(f"{key} must be one of {', '.join(allowed)}, got {value!r}")
-    if t.max_time is not None:
-        try:
-            if parse_duration(t.max_time) <= 0:
-                problems.append(f"train.max_time must be positive, got {t.max_time!r}")
-        except ValueError as error:
-            problems.append(f"train.max_time: {error}")
-    if d.src_lang == d.tgt_lang:
-        problems.append(f"data.src_lang and data.tgt_lang must differ, both are {d.src_lang!r}")
-    if d.corpus == "multi30k":
-        for key, lang in (("data.src_lang", d.src_lang), ("data.tgt_lang", d.tgt_lang)):
-            if lang not in MULTI30K_LANGS:
-                problems.append(
-                    f"{key}: unknown language {lang!r} for multi30k (known: {', '.join(MULTI30K_LANGS)})"
-                )
-        for key, split in dataclasses.asdict(d.splits).items():
-            if split not in MULTI30K_SPLITS:
-                problems.append(
-                    f"data.splits.{key}: unknown split {split!r} for multi30k "
-                    f"(known: {', '.join(MULTI30K_SPLITS)})"
-                )
-    if m.tie_embeddings and not d.joint_vocab:
-        problems.append("model.tie_embeddings needs data.joint_vocab: true (one shared vocabulary)")
-    return problems

@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 from mha.configs.schema import ConfigError
+from mha.data.tokenizer import Tokenizer
 
 
 @dataclass
@@ -26,11 +27,16 @@ class Batch:
 
     @property
     def src_tokens(self) -> int:
-        return int(self.src_ids.ne(0).sum())
+        return int(self.src_ids.ne(Tokenizer.PAD).sum())
 
     @property
     def tgt_tokens(self) -> int:
-        return int(self.tgt_out.ne(0).sum())
+        return int(self.tgt_out.ne(Tokenizer.PAD).sum())
+
+    @property
+    def slots(self) -> int:
+        """Token positions on both sides, padding included."""
+        return self.src_ids.numel() + self.tgt_out.numel()
 
 
 class TokenBatches:
@@ -54,7 +60,8 @@ class TokenBatches:
         generator = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
         order = torch.randperm(len(self.src_lengths), generator=generator)
         lengths = torch.maximum(self.src_lengths, self.tgt_lengths)
-        pool_size = max(1, self.pool_batches * self.batch_tokens // max(1, int(lengths.float().mean())))
+        mean_length = max(1, int(lengths.float().mean()))
+        pool_size = max(1, self.pool_batches * self.batch_tokens // mean_length)
         batches = []
         for start in range(0, len(order), pool_size):
             pool = order[start:start + pool_size]
@@ -66,7 +73,8 @@ class TokenBatches:
     def _cut(self, indices: list[int]) -> list[list[int]]:
         batches, current, longest_src, longest_tgt = [], [], 0, 0
         for i in indices:
-            src, tgt = max(longest_src, int(self.src_lengths[i])), max(longest_tgt, int(self.tgt_lengths[i]))
+            src = max(longest_src, int(self.src_lengths[i]))
+            tgt = max(longest_tgt, int(self.tgt_lengths[i]))
             if current and max(src, tgt) * (len(current) + 1) > self.batch_tokens:
                 batches.append(current)
                 current, src, tgt = [], int(self.src_lengths[i]), int(self.tgt_lengths[i])
@@ -76,7 +84,8 @@ class TokenBatches:
 
     def stream(self, epoch: int, position: int, rank: int = 0,
                world_size: int = 1) -> Iterator[tuple[int, int, list[int]]]:
-        """(epoch, position, batch) from a point onwards, forever; rank r takes batches r, r+W, ..."""
+        """(epoch, position, batch) from a point onwards, forever;
+        rank r takes batches r, r+W, ..."""
         while True:
             batches = self.epoch(epoch)
             usable = len(batches) - len(batches) % world_size  # every rank gets as many
@@ -85,7 +94,7 @@ class TokenBatches:
             epoch, position = epoch + 1, 0
 
 
-def collate(src: list[list[int]], tgt: list[list[int]], pad_id: int = 0) -> Batch:
+def collate(src: list[list[int]], tgt: list[list[int]], pad_id: int = Tokenizer.PAD) -> Batch:
     """Pad a batch: src lists of ids (ending in EOS), tgt lists (BOS ... EOS)."""
     def pad(rows: list[list[int]]) -> Tensor:
         out = torch.full((len(rows), max(map(len, rows))), pad_id, dtype=torch.long)

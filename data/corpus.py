@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
-import gzip
 import hashlib
 import http.client
 import itertools
@@ -23,7 +22,6 @@ import os
 import tempfile
 import urllib.error
 import urllib.request
-import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
@@ -32,6 +30,7 @@ import datasets
 from tqdm import tqdm
 
 from mha.configs.schema import DataConfig
+from mha.data.files import DataError, iter_lines
 
 log = logging.getLogger(__name__)
 
@@ -52,10 +51,6 @@ MULTI30K_SHA256 = {  # the public files' checksums; a download that differs is r
 }
 FEATURES = datasets.Features({"src": datasets.Value("string"), "tgt": datasets.Value("string")})
 _FORMAT = 1  # bump when the rows read from a pair of files change, so cached Arrow files rebuild
-
-
-class DataError(Exception):
-    """A corpus or data file that cannot be used; the message names the file and the problem."""
 
 
 class Corpus(datasets.DatasetDict):
@@ -95,7 +90,9 @@ def load_corpus(data: DataConfig, splits: dict[str, str] | None = None) -> Corpu
     return corpus
 
 
-def corpus_files(data: DataConfig, splits: dict[str, str] | None = None) -> dict[str, tuple[Path, Path]]:
+def corpus_files(
+    data: DataConfig, splits: dict[str, str] | None = None,
+) -> dict[str, tuple[Path, Path]]:
     """role -> (source file, target file), downloading Multi30k files if needed; {} for the hub."""
     splits = splits or roles(data)
     if data.corpus.startswith("hub:"):
@@ -110,37 +107,6 @@ def corpus_files(data: DataConfig, splits: dict[str, str] | None = None) -> dict
         find = functools.partial(_local_file, folder)
     return {role: (find(split, data.src_lang), find(split, data.tgt_lang))
             for role, split in splits.items()}
-
-
-def read_lines(path: str | Path) -> list[str]:
-    """Every line of a UTF-8 text file (plain or .gz), without line endings.
-
-    Raises DataError naming the file (and line) when it is missing, not gzip or not UTF-8.
-    """
-    return list(iter_lines(Path(path)))
-
-
-def iter_lines(path: Path) -> Iterator[str]:
-    """Stream the lines of a UTF-8 file (plain or .gz); see `read_lines`."""
-    opener = gzip.open if path.suffix == ".gz" else open
-    try:
-        with opener(path, "rb") as file:
-            for number, raw in enumerate(file, 1):
-                yield decode_line(raw, number, str(path))
-    except (OSError, EOFError, zlib.error) as error:
-        raise DataError(f"{path}: cannot read: {error}") from None
-
-
-def decode_line(raw: bytes, number: int, name: str = "stdin") -> str:
-    """Line `number` of input `name` as text, without its line ending; DataError if not UTF-8."""
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as error:
-        raise DataError(f"{name}, line {number}: not UTF-8 "
-                        f"({error.reason} at byte {error.start})") from None
-    if number == 1:
-        text = text.removeprefix("\ufeff")
-    return text.rstrip("\r\n")
 
 
 def multi30k_file(split: str, lang: str, data_dir: str | None = None) -> Path:
@@ -226,7 +192,8 @@ def _local_file(folder: Path, split: str, lang: str) -> Path:
 
 def _pairs_dataset(src_path: Path, tgt_path: Path) -> datasets.Dataset:
     """An Arrow-backed dataset of the two files' aligned lines, cached by path, size and mtime."""
-    stats = [[str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns] for p in (src_path, tgt_path)]
+    stats = [[str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns]
+             for p in (src_path, tgt_path)]
     fingerprint = hashlib.sha256(json.dumps([_FORMAT, stats]).encode()).hexdigest()[:32]
     try:
         return datasets.Dataset.from_generator(

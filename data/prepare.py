@@ -27,7 +27,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from mha.configs.schema import Config, DataConfig
-from mha.data.corpus import Corpus, DataError, corpus_files, load_corpus, roles
+from mha.data.corpus import Corpus, corpus_files, load_corpus, roles
+from mha.data.files import DataError
 from mha.data.tokenizer import Tokenizer, train_tokenizer
 
 log = logging.getLogger(__name__)

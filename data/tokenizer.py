@@ -19,7 +19,7 @@ import numpy as np
 import sentencepiece as spm
 
 from mha.configs.schema import DataConfig
-from mha.data.corpus import DataError
+from mha.data.files import DataError
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +88,8 @@ class Tokenizer:
         try:
             return cls(state["src_model"], None if state["joint"] else state["tgt_model"])
         except KeyError as error:
-            raise DataError(f"tokenizer state lacks {error.args[0]!r} (has: {sorted(state)})") from None
+            raise DataError(
+                f"tokenizer state lacks {error.args[0]!r} (has: {sorted(state)})") from None
 
     def save(self, folder: Path) -> None:
         """Write spm.model (joint) or src.model and tgt.model into folder, replacing old ones."""

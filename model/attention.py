@@ -105,7 +105,8 @@ class MultiHeadAttention(nn.Module):
         return self.w_o(context), weights
 
     def _project(self, x: Tensor, *names: str) -> tuple[Tensor, ...]:
-        """Apply the named projections to the same x in one matmul: x [W_1; W_2; ...]^T + [b_1; ...].
+        """Apply the named projections to the same x in one matmul:
+        x [W_1; W_2; ...]^T + [b_1; ...].
 
         The same maths as calling each, with one pass over x instead of several. Stacking copies
         the weights, so without autograd (decoding) the copy is kept until a weight changes.
@@ -114,7 +115,8 @@ class MultiHeadAttention(nn.Module):
         if torch.is_grad_enabled():
             weight, bias = _stack(layers)
         else:
-            version = [(p.data_ptr(), p._version) for layer in layers for p in (layer.weight, layer.bias)]
+            version = [(p.data_ptr(), p._version)
+                       for layer in layers for p in (layer.weight, layer.bias)]
             if self._stacks.get(names, (None,))[0] != version:
                 self._stacks[names] = (version, *_stack(layers))
             _, weight, bias = self._stacks[names]
@@ -127,4 +129,5 @@ class MultiHeadAttention(nn.Module):
 
 def _stack(layers: list[nn.Linear]) -> tuple[Tensor, Tensor]:
     """[W_1; W_2; ...] (n * D, D) and [b_1; b_2; ...] (n * D,): one Linear doing the work of n."""
-    return torch.cat([layer.weight for layer in layers]), torch.cat([layer.bias for layer in layers])
+    return (torch.cat([layer.weight for layer in layers]),
+            torch.cat([layer.bias for layer in layers]))

@@ -12,10 +12,10 @@ from mha.model.masks import padding_mask
 from mha.model.transformer import Transformer
 
 
-def length_limits(src_pad_mask: Tensor, a: float, b: int, max_positions: int) -> Tensor:
+def length_limits(src_pad_mask: Tensor, a: float, b: int, max_tokens: int) -> Tensor:
     """(B,) most target tokens per sentence: a * source length + b, within the model's positions."""
     src_lengths = (~src_pad_mask).sum(dim=1)
-    return (a * src_lengths + b).long().clamp(max=max_positions - 1)
+    return (a * src_lengths + b).long().clamp(max=max_tokens)
 
 
 @torch.no_grad()
@@ -31,7 +31,7 @@ def greedy(
     """
     src_pad_mask = padding_mask(src_ids, model.pad_id)
     memory = model.encode(src_ids, src_pad_mask)  # (B, S, D)
-    limits = length_limits(src_pad_mask, max_len_a, max_len_b, model.cfg.max_positions)
+    limits = length_limits(src_pad_mask, max_len_a, max_len_b, model.cfg.max_tokens)
     rows = torch.arange(src_ids.shape[0], device=src_ids.device)  # batch index of each live row
     tgt = torch.full((src_ids.shape[0], 1), bos, dtype=torch.long, device=src_ids.device)
     outputs: list[list[int]] = [[] for _ in range(src_ids.shape[0])]
@@ -45,13 +45,13 @@ def greedy(
             continue
         for row, ids in zip(rows[done].tolist(), tgt[done, 1:].tolist()):
             outputs[row] = _strip(ids, eos, model.pad_id)
-        keep = (~done).nonzero().squeeze(1)  # (b',) live rows that go on
-        if keep.numel() == 0:
+        live = (~done).nonzero().squeeze(1)  # (b',) rows that go on
+        if live.numel() == 0:
             break
-        rows, tgt, limits = rows[keep], tgt[keep], limits[keep]
-        memory, src_pad_mask = memory[keep], src_pad_mask[keep]  # (b', S, D), (b', S)
+        rows, tgt, limits = rows[live], tgt[live], limits[live]
+        memory, src_pad_mask = memory[live], src_pad_mask[live]  # (b', S, D), (b', S)
         if cache is not None:
-            cache.reorder(keep)
+            cache.reorder(live)
     return outputs
 
 
@@ -66,7 +66,8 @@ def beam_search(
     src_pad_mask = padding_mask(src_ids, model.pad_id)
     memory = model.encode(src_ids, src_pad_mask).repeat_interleave(K, dim=0)  # (B*K, S, D)
     src_pad_mask = src_pad_mask.repeat_interleave(K, dim=0)  # (B*K, S)
-    limits = length_limits(src_pad_mask, max_len_a, max_len_b, model.cfg.max_positions).view(B, K)[:, 0]
+    limits = length_limits(src_pad_mask, max_len_a, max_len_b,
+                           model.cfg.max_tokens).view(B, K)[:, 0]
     cache = model.new_cache()
     tokens = torch.full((B * K, 1), bos, dtype=torch.long, device=src_ids.device)
     scores = torch.full((B, K), float("-inf"), device=src_ids.device)
@@ -82,24 +83,12 @@ def beam_search(
         new_scores = torch.full((B, K), float("-inf"), device=src_ids.device)
         origin = torch.arange(B * K, device=src_ids.device).view(B, K) // K * K  # placeholders
         new_tokens = torch.full((B, K), model.pad_id, dtype=torch.long, device=src_ids.device)
+        new = (new_scores, new_tokens, origin)
         for b in range(B):
-            if done[b]:
-                continue
-            kept = 0
-            for rank, (score, index) in enumerate(zip(top_scores[b].tolist(), top_index[b].tolist())):
-                parent, token = divmod(index, V)
-                length = step + 1
-                if token == eos and rank >= K:  # an ending only counts among the K best (fairseq)
-                    continue
-                if token == eos or length >= limits[b]:
-                    prefix = tokens[b * K + parent, 1:].tolist() + ([] if token == eos else [token])
-                    finished[b].append((score / length ** length_penalty, prefix))
-                    continue
-                new_scores[b, kept], new_tokens[b, kept] = score, token
-                origin[b, kept] = b * K + parent
-                kept += 1
-                if kept == K:
-                    break
+            if not done[b]:
+                ranked = zip(top_scores[b].tolist(), top_index[b].tolist())
+                _extend(b, ranked, tokens, finished[b], new, length=step + 1, vocab=V, eos=eos,
+                        limit=int(limits[b]), length_penalty=length_penalty)
         for b in range(B):  # done once no live prefix can still beat the K-th best ending
             best_live = new_scores[b].max().item() / int(limits[b]) ** length_penalty
             done[b] = step + 1 >= limits[b] or (
@@ -111,6 +100,27 @@ def beam_search(
         tokens = torch.cat([tokens[order], new_tokens.view(-1, 1)], dim=1)  # (B*K, step + 2)
         scores = new_scores
     return [max(f)[1] if f else [] for f in finished]
+
+
+def _extend(b: int, ranked, tokens: Tensor, finished: list, new: tuple, *, length: int,
+            vocab: int, eos: int, limit: int, length_penalty: float) -> None:
+    """Sentence b's beam: from `ranked` (score, parent * V + token), best first, fill its K rows
+    of `new` (scores, tokens, origin), each (B, K); endings go to `finished` as (score, ids)."""
+    new_scores, new_tokens, origin = new
+    K, kept = new_scores.shape[1], 0
+    for rank, (score, index) in enumerate(ranked):
+        parent, token = divmod(index, vocab)
+        if token == eos and rank >= K:  # an ending only counts among the K best (fairseq)
+            continue
+        if token == eos or length >= limit:
+            prefix = tokens[b * K + parent, 1:].tolist() + ([] if token == eos else [token])
+            finished.append((score / length ** length_penalty, prefix))
+            continue
+        new_scores[b, kept], new_tokens[b, kept] = score, token
+        origin[b, kept] = b * K + parent
+        kept += 1
+        if kept == K:
+            return
 
 
 def _strip(ids: list[int], eos: int, pad: int) -> list[int]:

@@ -29,12 +29,13 @@ def components(cfg: ModelConfig, src_vocab: int, tgt_vocab: int, src_len: float 
     if cfg.positional == "learned":
         embed_params += cfg.max_positions * D
     norms = 2 * D * (2 * Le + 3 * Ld + (2 if cfg.norm == "pre" else 0))
+    projections = (Le + 2 * Ld) * projection  # one of them in every attention block
     return [
         Component("embeddings + output", embed_params, 0, 2 * D * tgt_vocab),
-        Component("attention W_Q", (Le + 2 * Ld) * projection, Le * 2 * D * D, 2 * Ld * 2 * D * D),
-        Component("attention W_K", (Le + 2 * Ld) * projection, (Le + Ld) * 2 * D * D, Ld * 2 * D * D),
-        Component("attention W_V", (Le + 2 * Ld) * projection, (Le + Ld) * 2 * D * D, Ld * 2 * D * D),
-        Component("attention W_O", (Le + 2 * Ld) * projection, Le * 2 * D * D, 2 * Ld * 2 * D * D),
+        Component("attention W_Q", projections, Le * 2 * D * D, 2 * Ld * 2 * D * D),
+        Component("attention W_K", projections, (Le + Ld) * 2 * D * D, Ld * 2 * D * D),
+        Component("attention W_V", projections, (Le + Ld) * 2 * D * D, Ld * 2 * D * D),
+        Component("attention W_O", projections, Le * 2 * D * D, 2 * Ld * 2 * D * D),
         Component("attention scores + sum", 0, Le * 4 * D * src_len,
                   Ld * 4 * D * (tgt_len + src_len)),
         Component("feed-forward", (Le + Ld) * (2 * D * F + F + D), Le * 4 * D * F, Ld * 4 * D * F),

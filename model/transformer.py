@@ -41,7 +41,8 @@ class Transformer(nn.Module):
     def __init__(self, cfg: ModelConfig, src_vocab: int, tgt_vocab: int, pad_id: int = 0) -> None:
         super().__init__()
         if cfg.tie_embeddings and src_vocab != tgt_vocab:
-            raise ValueError(f"tied embeddings need one vocabulary, got {src_vocab} and {tgt_vocab}")
+            raise ValueError(
+                f"tied embeddings need one vocabulary, got {src_vocab} and {tgt_vocab}")
         self.cfg, self.pad_id, self.scale = cfg, pad_id, math.sqrt(cfg.d_model)
         self.src_embed = nn.Embedding(src_vocab, cfg.d_model, padding_idx=pad_id)
         self.tgt_embed = (self.src_embed if cfg.tie_embeddings
@@ -86,12 +87,15 @@ class Transformer(nn.Module):
 
     def decode(
         self, tgt_in: Tensor, memory: Tensor, src_pad_mask: Tensor | None,
-        cache: DecoderCache | None = None, need_weights: bool = False, keep: Tensor | None = None,
+        cache: DecoderCache | None = None, need_weights: bool = False,
+        predict: Tensor | None = None,
     ) -> Tensor | tuple[Tensor, list[tuple[Tensor, Tensor]]]:
-        """tgt_in (B, T) -> logits (B, T, V), or (N, V) for the N positions where keep (B, T) is True.
+        """tgt_in (B, T) -> logits (B, T, V), or (N, V) for the N positions where
+        predict (B, T) is True.
 
         With a cache, tgt_in holds only the new steps; earlier steps' keys and values come from
-        the cache. With need_weights, also returns per layer (self (B, H, T, T'), cross (B, H, T, S)).
+        the cache. With need_weights, also returns per layer
+        (self (B, H, T, T'), cross (B, H, T, S)).
         """
         offset = cache.length if cache is not None else 0
         x = self._embed(self.tgt_embed, tgt_in, offset)
@@ -102,17 +106,17 @@ class Transformer(nn.Module):
             weights.append(layer_weights)
         if cache is not None:
             cache.length += tgt_in.shape[1]
-        if keep is not None:
-            x = x[keep]  # (N, D): only the positions whose logits are wanted
+        if predict is not None:
+            x = x[predict]  # (N, D): only the positions whose logits are wanted
         logits = self.output(self.decoder_norm(x))  # (B, T, V) or (N, V)
         return (logits, weights) if need_weights else logits
 
-    def forward(self, src_ids: Tensor, tgt_in: Tensor, keep: Tensor | None = None) -> Tensor:
-        """Teacher-forced logits (B, T, V) for src_ids (B, S) and tgt_in (B, T); with keep (B, T)
+    def forward(self, src_ids: Tensor, tgt_in: Tensor, predict: Tensor | None = None) -> Tensor:
+        """Teacher-forced logits (B, T, V) for src_ids (B, S) and tgt_in (B, T); with predict (B, T)
         bool, only the (N, V) logits of the N positions where it is True."""
         src_pad_mask = padding_mask(src_ids, self.pad_id)
         memory = self.encode(src_ids, src_pad_mask)
-        return self.decode(tgt_in, memory, src_pad_mask, keep=keep)
+        return self.decode(tgt_in, memory, src_pad_mask, predict=predict)
 
     def new_cache(self) -> DecoderCache:
         return DecoderCache(len(self.decoder))

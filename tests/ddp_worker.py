@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from mha.configs.schema import load_config
-from mha.model.train import train
+from mha.training.loop import train
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format="%(message)s")

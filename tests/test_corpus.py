@@ -14,7 +14,8 @@ import pytest
 
 from mha.configs.schema import DataConfig
 from mha.data import corpus as corpus_module
-from mha.data.corpus import DataError, hub_pairs, load_corpus, multi30k_folders, read_lines
+from mha.data.corpus import hub_pairs, load_corpus, multi30k_folders
+from mha.data.files import DataError, read_lines
 
 VAL = {"val": "val"}
 VAL_FILES = ("val.de.gz", "val.en.gz")
@@ -96,7 +97,9 @@ def test_download_verifies_caches_then_reuses(multi30k_dir: Path, serve, monkeyp
     assert len(requests) == 2  # the second load came from the cache
 
 
-def test_download_with_wrong_checksum_caches_nothing(multi30k_dir: Path, serve, monkeypatch) -> None:
+def test_download_with_wrong_checksum_caches_nothing(
+    multi30k_dir: Path, serve, monkeypatch,
+) -> None:
     files = {name: (multi30k_dir / name).read_bytes() for name in VAL_FILES}
     files["val.de.gz"] = files["val.de.gz"][:-1] + b"x"
     url, _ = serve(files)
@@ -205,7 +208,8 @@ def test_hub_rows_from_a_translation_column() -> None:
 
 
 def test_hub_rows_from_language_columns() -> None:
-    rows = datasets.Dataset.from_dict({"id": [1, 2], "en": ["Hello", "World"], "de": ["Hallo", "Welt"]})
+    rows = datasets.Dataset.from_dict(
+        {"id": [1, 2], "en": ["Hello", "World"], "de": ["Hallo", "Welt"]})
     assert hub_pairs(rows, "en", "de")[:] == {"src": ["Hello", "World"], "tgt": ["Hallo", "Welt"]}
 
 

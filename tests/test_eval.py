@@ -8,7 +8,7 @@ import shutil
 import test_translate
 from test_translate import assert_user_error, invoke
 
-from mha.model.evaluate import score
+from mha.inference.evaluate import score
 
 # the translate tests' fixtures: one tiny run per session, copies, one torch thread
 tiny_run, run_copy = test_translate.tiny_run, test_translate.run_copy

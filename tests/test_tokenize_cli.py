@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from mha.cli.app import app
 from mha.configs.schema import Config, from_dict
-from mha.data.corpus import DataError
+from mha.data.files import DataError
 from mha.data.prepare import Prepared, load_prepared, prepare
 
 
@@ -58,12 +58,14 @@ def test_changed_config_or_corpus_rebuilds(small_corpus: Path, tmp_path: Path) -
     first = prepare(make_config(tmp_path / "run", corpus))
     smaller = prepare(make_config(tmp_path / "run", corpus, vocab_size=150))
     assert not smaller.report["reused"] and smaller.tokenizer.src_vocab_size == 150
-    assert not prepare(make_config(tmp_path / "run", corpus, vocab_size=150), rebuild=True).report["reused"]
+    rebuilt = prepare(make_config(tmp_path / "run", corpus, vocab_size=150), rebuild=True)
+    assert not rebuilt.report["reused"]
     for lang, line in (("de", "Ein Hund."), ("en", "A dog.")):
         with open(corpus / f"train.{lang}", "a", encoding="utf-8") as file:
             file.write(line + "\n")
     grown = prepare(make_config(tmp_path / "run", corpus, vocab_size=150))
-    assert not grown.report["reused"] and len(grown.splits["train"]) == len(first.splits["train"]) + 1
+    assert not grown.report["reused"]
+    assert len(grown.splits["train"]) == len(first.splits["train"]) + 1
     shutil.rmtree(tmp_path / "run" / "tokenizer")
     assert not prepare(make_config(tmp_path / "run", corpus, vocab_size=150)).report["reused"]
 
@@ -111,7 +113,9 @@ def test_tokenize_command_prints_the_report(small_corpus: Path, tmp_path: Path) 
 
 
 @pytest.mark.parametrize("problem", ["misaligned", "missing"])
-def test_bad_corpus_is_one_line_and_exit_2(problem: str, small_corpus: Path, tmp_path: Path) -> None:
+def test_bad_corpus_is_one_line_and_exit_2(
+    problem: str, small_corpus: Path, tmp_path: Path,
+) -> None:
     corpus = Path(shutil.copytree(small_corpus, tmp_path / "corpus"))
     if problem == "misaligned":
         (corpus / "val.en").write_text("only one line\n")

@@ -8,7 +8,8 @@ import datasets
 import pytest
 
 from mha.configs.schema import DataConfig
-from mha.data.corpus import DataError, load_corpus
+from mha.data.corpus import load_corpus
+from mha.data.files import DataError
 from mha.data.tokenizer import Tokenizer, train_tokenizer
 
 VOCAB = 200

@@ -17,12 +17,13 @@ from typer.testing import CliRunner
 
 from mha.cli.app import app
 from mha.configs.schema import dump, load_config
-from mha.model import train as train_module
-from mha.model.train import TrainingError, inverse_sqrt, train
+from mha.training import loop as train_module
+from mha.training.loop import TrainingError, train
+from mha.training.schedule import inverse_sqrt
 
 TINY = ["data.vocab_size=200", "model.d_model=32", "model.heads=2", "model.d_ff=64",
-        "train.batch_tokens=400", "train.warmup_steps=4", "train.eval_every=100", "train.log_every=1",
-        "decode.max_len_a=0.5", "decode.max_len_b=4", "decode.batch_size=100"]
+        "train.batch_tokens=400", "train.warmup_steps=4", "train.eval_every=100",
+        "train.log_every=1", "decode.max_len_a=0.5", "decode.max_len_b=4", "decode.batch_size=100"]
 
 
 def tiny(run_dir: Path, corpus: Path, *overrides: str):
@@ -53,14 +54,16 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path, small_corpus):
     assert sorted(got) == list(range(1, 13))
     for step in expected:
         assert abs(expected[step] - got[step]) < 1e-6, step
-    for (name, a), b in zip(straight.model.state_dict().items(), resumed.model.state_dict().values()):
+    pairs = zip(straight.model.state_dict().items(), resumed.model.state_dict().values())
+    for (name, a), b in pairs:
         torch.testing.assert_close(a, b, atol=1e-6, rtol=0, msg=name)
     assert resumed.progress.tgt_tokens == straight.progress.tgt_tokens
 
 
 def test_metrics_checkpoints_and_curves(tmp_path, small_corpus):
     run = tmp_path / "run"
-    train(tiny(run, small_corpus, "train.max_steps=6", "train.eval_every=3", "train.average_last=2"))
+    train(tiny(run, small_corpus, "train.max_steps=6", "train.eval_every=3",
+               "train.average_last=2"))
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     steps = [r for r in records if "loss" in r]
     assert [r["step"] for r in steps] == list(range(1, 7))
@@ -70,12 +73,13 @@ def test_metrics_checkpoints_and_curves(tmp_path, small_corpus):
     assert any("averaged_val_bleu" in r for r in records)
     assert (run / "curves.png").stat().st_size > 0
     assert {p.name for p in (run / "checkpoints").glob("*.pt")} >= {"last.pt", "best.pt"}
-    assert load_config(str(run / "config.yaml")) == tiny(run, small_corpus, "train.max_steps=6",
-                                                         "train.eval_every=3", "train.average_last=2")
+    assert load_config(str(run / "config.yaml")) == tiny(
+        run, small_corpus, "train.max_steps=6", "train.eval_every=3", "train.average_last=2")
 
 
 def test_max_time_stops_cleanly(tmp_path, small_corpus):
-    done = train(tiny(tmp_path / "run", small_corpus, "train.max_steps=50", "train.max_time=0.001s"))
+    done = train(tiny(tmp_path / "run", small_corpus, "train.max_steps=50",
+                      "train.max_time=0.001s"))
     assert done.progress.step == 1
     assert (tmp_path / "run" / "checkpoints" / "last.pt").is_file()
 
@@ -114,12 +118,14 @@ def test_bad_checkpoints_and_configs_on_resume(tmp_path, small_corpus):
     runner = CliRunner()
     assert runner.invoke(app, ["train", str(config)]).exit_code == 0
     assert "already holds a run" in cli_error(runner.invoke(app, ["train", str(config)]))
-    changed = cli_error(runner.invoke(app, ["train", str(config), "--resume", "--set", "model.d_ff=32"]))
+    changed = cli_error(
+        runner.invoke(app, ["train", str(config), "--resume", "--set", "model.d_ff=32"]))
     assert "model.d_ff (64 in the checkpoint, 32 now)" in changed
     last = run / "checkpoints" / "last.pt"
     last.write_bytes(last.read_bytes()[: last.stat().st_size // 2])
     before = last.read_bytes()
-    assert "truncated or corrupt" in cli_error(runner.invoke(app, ["train", str(config), "--resume"]))
+    corrupt = cli_error(runner.invoke(app, ["train", str(config), "--resume"]))
+    assert "truncated or corrupt" in corrupt
     assert last.read_bytes() == before
     last.unlink()
     assert "no checkpoint" in cli_error(runner.invoke(app, ["train", str(config), "--resume"]))
@@ -169,7 +175,8 @@ def test_two_processes_match_one_process_on_the_doubled_batch(tmp_path, small_co
     worker = Path(__file__).parent / "ddp_worker.py"
     result = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-         str(worker), str(config), str(tmp_path)], check=False, capture_output=True, text=True, timeout=300,
+         str(worker), str(config), str(tmp_path)],
+        check=False, capture_output=True, text=True, timeout=300,
         env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert result.returncode == 0, result.stderr[-3000:]
     assert "2 process(es)" in result.stderr

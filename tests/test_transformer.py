@@ -11,7 +11,7 @@ from mha.configs.schema import ModelConfig
 from mha.model import Transformer
 from mha.model.decode import beam_search, greedy
 from mha.model.info import parameter_count
-from mha.model.loss import summed_loss
+from mha.training.loss import summed_loss
 
 PAD, BOS, EOS, V = 0, 2, 3, 40
 CFG = ModelConfig(d_model=32, heads=4, encoder_layers=2, decoder_layers=2, d_ff=64, dropout=0.0)
@@ -88,11 +88,13 @@ def test_output_length_is_capped_at_a_times_source_length_plus_b(search):
     out = decode(model, src, bos=BOS, eos=EOS, max_len_a=0.5, max_len_b=3)
     assert [len(ids) for ids in out] == [int(0.5 * 5 + 3), int(0.5 * 2 + 3), int(0.5 * 8 + 3)]
     out = decode(model, src, bos=BOS, eos=EOS, max_len_a=1.0, max_len_b=100)
-    assert [len(ids) for ids in out] == [11, 11, 11]  # within the model's 12 positions, BOS included
+    # within the model's 12 positions, BOS included
+    assert [len(ids) for ids in out] == [11, 11, 11]
 
 
 class LastTokenModel:
-    """A stand-in for beam search: the next token's log-probabilities depend on the last token only."""
+    """A stand-in for beam search: the next token's log-probabilities depend on
+    the last token only."""
 
     pad_id, cfg = PAD, ModelConfig()
 
@@ -151,7 +153,8 @@ def test_tiny_model_overfits_eight_pairs():
     optimiser = torch.optim.Adam(model.parameters(), lr=3e-3)
     for _ in range(300):
         logits = model(src, tgt[:, :-1])
-        loss = torch.nn.functional.cross_entropy(logits.transpose(1, 2), tgt[:, 1:], ignore_index=PAD)
+        loss = torch.nn.functional.cross_entropy(
+            logits.transpose(1, 2), tgt[:, 1:], ignore_index=PAD)
         optimiser.zero_grad()
         loss.backward()
         optimiser.step()
@@ -170,4 +173,5 @@ def test_loss_over_real_tokens_only_equals_cross_entropy_over_all_logits():
         model(src, tgt[:, :-1]).flatten(0, 1), tgt[:, 1:].flatten(), ignore_index=PAD,
         reduction="sum", label_smoothing=0.1)
     torch.testing.assert_close(loss, reference)
-    assert model(src, tgt[:, :-1], keep=tgt[:, 1:].ne(PAD)).shape == (int(tgt[:, 1:].ne(PAD).sum()), V)
+    predict = tgt[:, 1:].ne(PAD)
+    assert model(src, tgt[:, :-1], predict=predict).shape == (int(predict.sum()), V)

@@ -23,15 +23,16 @@ import torch
 from typer.testing import CliRunner
 
 from mha.cli.app import app
+from mha.cli.stdin import read_chunks
 from mha.configs.schema import DataConfig, dump, load_config, to_dict
 from mha.data.prepare import prepare
 from mha.data.tokenizer import train_tokenizer
-from mha.model import checkpoint
+from mha.inference import checkpoint
+from mha.inference.pictures import attention_weights, plot_attention
+from mha.inference.run import load_model
+from mha.inference.translate import translate_lines
 from mha.model.decode import beam_search, greedy
-from mha.model.inference import load_model
-from mha.model.plot_attention import attention_weights, plot_attention
 from mha.model.transformer import Transformer
-from mha.model.translate import read_chunks, translate_lines
 
 SENTENCES = ["Ein Mann fährt Fahrrad.", "Zwei Hunde spielen im Schnee.",
              "Eine Frau mit einem roten Hut sitzt auf einer Bank."]

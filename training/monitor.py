@@ -7,7 +7,7 @@ import json
 import logging
 from pathlib import Path
 
-from mha.model.checkpoint import atomic_write
+from mha.data.files import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -23,7 +23,8 @@ class Monitor:
         self.records: list[dict] = []
         if resumed_step is not None and self.path.is_file():
             lines = self.path.read_text(encoding="utf-8").splitlines()
-            self.records = [r for r in map(json.loads, filter(None, lines)) if r["step"] <= resumed_step]
+            records = map(json.loads, filter(None, lines))
+            self.records = [r for r in records if r["step"] <= resumed_step]
         text = "".join(json.dumps(r) + "\n" for r in self.records)
         atomic_write(self.path, lambda file: file.write(text.encode()))
         self.file = self.path.open("a", encoding="utf-8")

@@ -10,10 +10,10 @@ import torch
 from mha.configs.schema import Config
 from mha.data.batching import collate
 from mha.data.prepare import Prepared
-from mha.model.evaluate import score
-from mha.model.loss import summed_loss
+from mha.inference.evaluate import score
+from mha.inference.translate import translate_lines
 from mha.model.transformer import Transformer
-from mha.model.translate import translate_lines
+from mha.training.loss import summed_loss
 
 
 @dataclass(frozen=True)
@@ -29,16 +29,17 @@ def validate(model: Transformer, prepared: Prepared, cfg: Config, device: torch.
     autocast = autocast or contextlib.nullcontext()
     rows = prepared.splits["val"]
     src_ids, tgt_ids = rows["src_ids"], rows["tgt_ids"]
-    limit = cfg.model.max_positions - 1
+    limit = cfg.model.max_tokens
     order = sorted(range(len(src_ids)), key=lambda i: len(src_ids[i]))  # little padding
     loss_sum, tokens = 0.0, 0
     for start in range(0, len(order), cfg.decode.batch_size):
         indices = order[start:start + cfg.decode.batch_size]
-        batch = collate([src_ids[i][:limit] for i in indices], [tgt_ids[i][:limit + 1] for i in indices])
+        batch = collate([src_ids[i][:limit] for i in indices],
+                        [tgt_ids[i][:limit + 1] for i in indices])
         src, tgt_in, tgt_out = (x.to(device) for x in (batch.src_ids, batch.tgt_in, batch.tgt_out))
         with autocast:
             loss_sum += summed_loss(model, src, tgt_in, tgt_out, cfg.train.label_smoothing).item()
-        tokens += int(tgt_out.ne(0).sum())
+        tokens += batch.tgt_tokens
     with autocast:
         hypotheses = list(translate_lines(model, prepared.tokenizer, rows["src"],
                                           batch_size=cfg.decode.batch_size, beam=1, use_cache=True,

@@ -6,14 +6,13 @@ A checkpoint is a dict: format, step, config (the resolved config as a dict), to
 
 from __future__ import annotations
 
-import os
 import pickle
-import tempfile
 import zipfile
 from pathlib import Path
-from typing import Any
 
 import torch
+
+from mha.data.files import atomic_write
 
 FORMAT = "mha-checkpoint-1"
 REQUIRED = ("format", "step", "config", "tokenizer", "model")
@@ -21,32 +20,6 @@ REQUIRED = ("format", "step", "config", "tokenizer", "model")
 
 class CheckpointError(Exception):
     """A run folder or checkpoint that cannot be used; the message names the file."""
-
-
-def atomic_write(path: Path, write: Any) -> None:
-    """Call write(file) on a temporary file beside `path`, fsync, then rename over `path`.
-
-    An interruption leaves either the old file or the new one, never half of one.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; the result should read like any file
-    try:
-        with os.fdopen(fd, "wb") as file:
-            write(file)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 def save(state: dict, path: Path) -> None:
@@ -61,7 +34,8 @@ def load(path: Path) -> dict:
         state = torch.load(path, map_location="cpu", weights_only=False)
     except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError,
             OSError) as error:
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        text = str(error).strip()
+        first_line = text.splitlines()[0] if text else type(error).__name__
         raise CheckpointError(f"checkpoint {path} is truncated or corrupt ({first_line})") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not an mha checkpoint (expected format {FORMAT})")
@@ -73,10 +47,10 @@ def load(path: Path) -> dict:
 
 def resolve(run_dir: Path, which: str = "best") -> Path:
     """'best', 'last' or a path -> the checkpoint file, with errors that say what to do."""
-    if which not in ("best", "last"):
-        return Path(which)
     if not run_dir.is_dir():
         raise CheckpointError(f"run folder {run_dir} does not exist (train one with `mha train`)")
+    if which not in ("best", "last"):
+        return Path(which)
     path = run_dir / "checkpoints" / f"{which}.pt"
     if not path.is_file():
         raise CheckpointError(f"run folder {run_dir} has no checkpoints/{which}.pt "

@@ -3,7 +3,7 @@
 Lines arrive in chunks. Inside a chunk, sentences are sorted by length and decoded `batch_size`
 at a time (so a batch holds little padding), then put back in input order. Empty lines skip the
 model and come out empty. A chunk's translations are yielded as soon as it is done, so a pipe
-that writes one line at a time gets each answer before it writes the next (`read_chunks`).
+that writes one line at a time gets each answer before it writes the next (cli/stdin.py).
 
 Legend: B batch, S source length.
 """
@@ -11,15 +11,11 @@ Legend: B batch, S source length.
 from __future__ import annotations
 
 import logging
-import os
-import select
 from collections.abc import Iterable, Iterator
-from typing import BinaryIO
 
 import torch
 
 from mha.configs.schema import DecodeConfig
-from mha.data.corpus import decode_line
 from mha.data.tokenizer import Tokenizer
 from mha.model.decode import beam_search, greedy
 from mha.model.transformer import Transformer
@@ -27,8 +23,6 @@ from mha.model.transformer import Transformer
 log = logging.getLogger(__name__)
 
 CHUNK_BATCHES = 16  # translate_lines sorts this many batches' worth of lines at a time
-READ_WINDOW = 0.01  # seconds a pipe may pause inside a burst of lines that still count as one
-READ_BLOCK = 1 << 16
 
 
 def translate_lines(
@@ -36,7 +30,7 @@ def translate_lines(
     beam: int, use_cache: bool, decode_cfg: DecodeConfig,
 ) -> Iterator[str]:
     """Translate `lines` (one sentence each), yielding one line of text per input line."""
-    chunks = _chunked(iter(lines), batch_size * CHUNK_BATCHES)
+    chunks = chunked(iter(lines), batch_size * CHUNK_BATCHES)
     return translate_chunks(model, tokenizer, chunks, batch_size=batch_size, beam=beam,
                             use_cache=use_cache, decode_cfg=decode_cfg)
 
@@ -60,10 +54,10 @@ def translate_chunk(
 ) -> list[str]:
     """Translate `lines` in batches formed by length; returns the translations in input order.
 
-    A source longer than the model's positions is cut to max_positions - 1 tokens, with a
-    warning naming its line (counted from first_line).
+    A source longer than the model's positions is cut to model.max_tokens (max_positions - 1),
+    with a warning naming its line (counted from first_line).
     """
-    sources = encode_sources(tokenizer, lines, model.cfg.max_positions - 1, first_line)
+    sources = encode_sources(tokenizer, lines, model.cfg.max_tokens, first_line)
     order = sorted((i for i, ids in enumerate(sources) if ids), key=lambda i: -len(sources[i]))
     out = [""] * len(lines)
     for start in range(0, len(order), batch_size):
@@ -110,48 +104,6 @@ def decode_ids(
                   **limits)
 
 
-def read_chunks(stream: BinaryIO, max_lines: int, name: str = "stdin") -> Iterator[list[str]]:
-    """Lines of a binary stream, in chunks of at most max_lines, each as soon as it has arrived.
-
-    From a pipe: wait for one line, then take only the lines already there (or arriving within
-    READ_WINDOW). A stream without a file descriptor is read in full chunks. Raises DataError
-    naming the line that is not UTF-8.
-    """
-    try:
-        arrivals = _arrivals(stream.fileno())
-    except (AttributeError, OSError, ValueError):  # io.UnsupportedOperation is an OSError
-        arrivals = _chunked(iter(stream), max_lines)
-    number = 0
-    for raw_lines in arrivals:
-        texts = []
-        for raw in raw_lines:
-            number += 1
-            texts.append(decode_line(raw, number, name))
-        for start in range(0, len(texts), max_lines):
-            yield texts[start:start + max_lines]
-
-
-def _arrivals(fd: int) -> Iterator[list[bytes]]:
-    """Complete lines from fd, a list per burst: block for data, then take what is ready."""
-    partial = b""
-    while True:
-        data = os.read(fd, READ_BLOCK)
-        eof = not data
-        while data and len(data) < READ_BLOCK * 16 and select.select([fd], [], [], READ_WINDOW)[0]:
-            more = os.read(fd, READ_BLOCK)
-            eof = not more
-            if eof:
-                break
-            data += more
-        *lines, partial = (partial + data).split(b"\n")
-        if eof and partial:
-            lines.append(partial)
-        if lines:
-            yield lines
-        if eof:
-            return
-
-
-def _chunked(items: Iterator, size: int) -> Iterator[list]:
+def chunked(items: Iterator, size: int) -> Iterator[list]:
     while chunk := [item for _, item in zip(range(size), items)]:
         yield chunk

@@ -1,4 +1,4 @@
-"""DistributedDataParallel under torchrun (gloo on CPU, NCCL on GPU), and a no-op for one process."""
+"""DistributedDataParallel under torchrun (gloo on CPU, NCCL on GPU); a no-op for one process."""
 
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ from torch import Tensor, nn
 class Distributed:
     """The process group, if torchrun started several processes; rank 0 alone writes files."""
 
-    def __init__(self, rank: int = 0, world_size: int = 1, device: torch.device | None = None) -> None:
+    def __init__(self, rank: int = 0, world_size: int = 1,
+                 device: torch.device | None = None) -> None:
         self.rank, self.world_size, self.device = rank, world_size, device
 
     @classmethod
@@ -36,7 +37,8 @@ class Distributed:
     def wrap(self, model: nn.Module) -> nn.Module:
         if self.world_size == 1:
             return model
-        return nn.parallel.DistributedDataParallel(model, device_ids=[self.device] if self.device.type == "cuda" else None)
+        device_ids = [self.device] if self.device.type == "cuda" else None
+        return nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
 
     def no_sync(self, net: nn.Module):
         """Skip the gradient all-reduce on all but the last micro-batch of an update."""

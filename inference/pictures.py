@@ -1,7 +1,7 @@
 """Attention pictures: every head of every decoder layer as a grid of heatmaps, one sentence.
 
-The sentence is translated greedily first; then one teacher-forced pass over BOS + output asks
-the decoder for its weights. Rows are layers (encoder-decoder attention, then, when asked, the
+The sentence is translated first (greedy or beam); then one teacher-forced pass over BOS + output
+asks the decoder for its weights. Rows are layers (encoder-decoder attention, then, when asked, the
 decoder self-attention), columns are heads; each cell is labelled with the subwords it relates.
 
 Legend: H heads, S source length (EOS included), T target length (BOS + output).
@@ -17,11 +17,11 @@ from matplotlib.figure import Figure  # a bare Figure draws with Agg and leaves 
 from torch import Tensor
 
 from mha.configs.schema import DecodeConfig
+from mha.data.files import atomic_write
 from mha.data.tokenizer import Tokenizer
-from mha.model.checkpoint import atomic_write
+from mha.inference.translate import decode_ids, encode_sources
 from mha.model.masks import padding_mask
 from mha.model.transformer import Transformer
-from mha.model.translate import decode_ids, encode_sources
 
 CELL_INCHES = 0.22  # per token, so labels stay legible whatever the sentence length
 
@@ -40,12 +40,13 @@ class Attention:
 
 @torch.no_grad()
 def attention_weights(
-    model: Transformer, tokenizer: Tokenizer, text: str, decode_cfg: DecodeConfig,
+    model: Transformer, tokenizer: Tokenizer, text: str, decode_cfg: DecodeConfig, beam: int = 1,
 ) -> Attention:
-    """Translate `text` greedily, then collect every decoder layer's attention over the result."""
+    """Translate `text` (greedy, or beam search), then collect every decoder layer's attention
+    over the result in one teacher-forced pass."""
     device = next(model.parameters()).device
-    source = encode_sources(tokenizer, [text], model.cfg.max_positions - 1)[0] or [Tokenizer.EOS]
-    output = decode_ids(model, [source], beam=1, use_cache=True, decode_cfg=decode_cfg)[0]
+    source = encode_sources(tokenizer, [text], model.cfg.max_tokens)[0] or [Tokenizer.EOS]
+    output = decode_ids(model, [source], beam=beam, use_cache=True, decode_cfg=decode_cfg)[0]
     src_ids = torch.tensor([source], device=device)  # (1, S)
     tgt_in = torch.tensor([[Tokenizer.BOS, *output]], device=device)  # (1, T)
     src_pad_mask = padding_mask(src_ids, model.pad_id)

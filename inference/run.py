@@ -13,10 +13,10 @@ from pathlib import Path
 import torch
 
 from mha.configs.schema import Config, ConfigError, from_dict, load_config, to_dict
-from mha.data.corpus import DataError
+from mha.data.files import DataError
 from mha.data.tokenizer import Tokenizer
-from mha.model import checkpoint
-from mha.model.checkpoint import CheckpointError
+from mha.inference import checkpoint
+from mha.inference.checkpoint import CheckpointError
 from mha.model.transformer import Transformer
 
 log = logging.getLogger(__name__)
@@ -47,8 +47,6 @@ def load_model(
     """
     run_dir = Path(run_dir)
     target = pick_device(device)
-    if not run_dir.is_dir():
-        raise CheckpointError(f"run folder {run_dir} does not exist (train one with `mha train`)")
     path = checkpoint.resolve(run_dir, which)
     state = checkpoint.load(path)
     try:

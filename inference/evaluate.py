@@ -13,11 +13,10 @@ from pathlib import Path
 from sacrebleu.metrics import BLEU, CHRF
 
 from mha.configs.schema import DecodeConfig
-from mha.data.corpus import DataError, read_lines
+from mha.data.files import DataError, read_lines, write_lines
 from mha.data.tokenizer import Tokenizer
-from mha.model.checkpoint import atomic_write
+from mha.inference.translate import translate_lines
 from mha.model.transformer import Transformer
-from mha.model.translate import translate_lines
 
 log = logging.getLogger(__name__)
 
@@ -82,8 +81,7 @@ def evaluate(
     seconds = time.perf_counter() - start
     result = score(hypotheses, references)
     if hyp_path is not None:
-        text = "".join(f"{line}\n" for line in hypotheses).encode("utf-8")
-        atomic_write(Path(hyp_path), lambda file: file.write(text))
+        write_lines(hyp_path, hypotheses)
         log.debug("wrote %d hypotheses to %s", len(hypotheses), hyp_path)
     return {**result, "sentences": len(sources), "seconds": round(seconds, 3),
             "sentences_per_second": round(len(sources) / max(seconds, 1e-9), 1), "beam": beam,

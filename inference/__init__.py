@@ -1,0 +1,1 @@
+"""Using a model: checkpoints, loading a run, translating, sacreBLEU, attention pictures."""

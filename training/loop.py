@@ -1,0 +1,298 @@
+"""Training: token batches, label-smoothed loss, Adam with warmup and inverse square root decay,
+validation with greedy BLEU, checkpoints that lose nothing, exact resume, DDP under torchrun."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import math
+import random
+import time
+from pathlib import Path
+
+import pyarrow.compute as pc
+import torch
+from tqdm import tqdm
+
+from mha.configs.schema import Config, dump, parse_duration, to_dict
+from mha.data.batching import TokenBatches, collate
+from mha.data.files import atomic_write
+from mha.data.prepare import load_prepared, prepare
+from mha.inference import checkpoint
+from mha.inference.checkpoint import CheckpointError
+from mha.inference.run import pick_device
+from mha.model.transformer import Transformer
+from mha.training.distributed import Distributed
+from mha.training.loss import summed_loss
+from mha.training.monitor import Monitor
+from mha.training.precision import autocast, check_precision
+from mha.training.schedule import inverse_sqrt
+from mha.training.signals import StopSignal
+from mha.training.state import Progress, averaged_snapshots, keep_snapshot, restore, rng_state
+from mha.training.validate import validate
+
+log = logging.getLogger(__name__)
+
+
+class TrainingError(Exception):
+    """Training cannot go on (a NaN loss); the last good checkpoint is kept."""
+
+
+@dataclasses.dataclass
+class Trained:
+    progress: Progress
+    model: Transformer  # the final weights (best.pt may hold better ones)
+
+
+@dataclasses.dataclass
+class Update:
+    """What one optimiser update saw, summed over micro-batches and processes."""
+
+    loss: float  # per target token
+    tgt_tokens: int
+    src_tokens: int
+    slots: int  # token positions on both sides, padding included
+    stop_requested: bool  # a signal reached some process
+
+
+def train(cfg: Config, resume: bool = False) -> Trained:
+    """Train to the first of max_steps, max_time, patience or a signal."""
+    dist = Distributed.from_env(cfg.train.device)
+    try:
+        trained = Trainer(cfg, resume, dist).run()
+        dist.barrier()  # the other ranks wait while rank 0 validates and saves
+        return trained
+    finally:
+        dist.close()
+
+
+class Trainer:
+    """One run: `__init__` sets everything up, `run` repeats `update`, validates, finishes."""
+
+    def __init__(self, cfg: Config, resume: bool, dist: Distributed) -> None:
+        self.cfg, self.settings, self.dist, self.resumed = cfg, cfg.train, dist, resume
+        if self.settings.num_threads:
+            torch.set_num_threads(self.settings.num_threads)
+        self.device = dist.device or pick_device(self.settings.device)
+        check_precision(self.settings.precision, self.device)
+        self.run_dir = Path(cfg.run_dir)
+        self.last = self.run_dir / "checkpoints" / "last.pt"
+        prepared = prepare(cfg) if dist.is_main else None  # rank 0 tokenizes when needed
+        dist.barrier()
+        self.prepared = prepared or load_prepared(cfg.run_dir)
+        self.tokenizer = self.prepared.tokenizer
+        self._build_model()
+        self.progress = self._resume_or_start(resume)
+        if dist.is_main:
+            atomic_write(self.run_dir / "config.yaml", lambda f: f.write(dump(cfg).encode()))
+        self.train_set = self.prepared.splits["train"].select_columns(["src_ids", "tgt_ids"])
+        lengths = [pc.list_value_length(self.train_set.data.column(c)).to_pylist()
+                   for c in ("src_ids", "tgt_ids")]
+        self.batches = TokenBatches(*lengths, self.settings.batch_tokens, self.settings.seed)
+        self.stream = self.batches.stream(self.progress.epoch, self.progress.position, dist.rank,
+                                          dist.world_size)
+        self.ddp_model = dist.wrap(self.model)
+        self.monitor = (Monitor(self.run_dir, self.progress.step if resume else None)
+                        if dist.is_main else None)
+        budget = self.settings.max_time
+        self.max_time = parse_duration(budget) if budget else math.inf
+
+    def _build_model(self) -> None:
+        settings = self.settings
+        torch.manual_seed(settings.seed)
+        random.seed(settings.seed)
+        self.model = Transformer(self.cfg.model, self.tokenizer.src_vocab_size,
+                                 self.tokenizer.tgt_vocab_size).to(self.device)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=settings.lr,
+                                          betas=(0.9, 0.98), eps=1e-9,
+                                          weight_decay=settings.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda step: inverse_sqrt(step, settings.warmup_steps))
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=settings.precision == "fp16")
+        self.autocast = autocast(settings.precision, self.device)
+
+    def _resume_or_start(self, resume: bool) -> Progress:
+        if resume:
+            progress = restore(checkpoint.load(self.last), self.cfg, self.model, self.optimizer,
+                               self.scheduler, self.scaler)
+            log.info("resuming from %s at step %d", self.last, progress.step)
+            return progress
+        if self.last.exists():
+            raise CheckpointError(f"{self.run_dir} already holds a run (checkpoints/last.pt): pass "
+                                  "--resume to continue it, or set another run_dir")
+        return Progress()
+
+    def save(self, path: Path, **extra) -> None:
+        state = {"step": self.progress.step, "config": to_dict(self.cfg),
+                 "tokenizer": self.tokenizer.to_state(), "model": self.model.state_dict(),
+                 "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                 "scaler": self.scaler.state_dict(), "progress": dataclasses.asdict(self.progress),
+                 "rng": rng_state(), **extra}
+        checkpoint.save(state, path)
+
+    def run(self) -> Trained:
+        """Update until a budget, patience or a signal says stop; then validate and save."""
+        settings, progress = self.settings, self.progress
+        if self.dist.is_main:
+            log.info("%d process(es) on %s; %d parameters; %d training pairs, %d batches an epoch",
+                     self.dist.world_size, self.device,
+                     sum(p.numel() for p in self.model.parameters()), len(self.train_set),
+                     len(self.batches.epoch(progress.epoch)))
+        self.bar = tqdm(total=settings.max_steps, initial=progress.step,
+                        disable=not self.dist.is_main, dynamic_ncols=True, unit="step")
+        self.window_tokens, self.window_start = 0, time.perf_counter()
+        reason, stop = "max_steps", StopSignal()
+        with stop:
+            while progress.step < settings.max_steps:
+                update = self.update(stop)
+                self._report(update)
+                if update.stop_requested:
+                    reason = f"signal {stop.name}"
+                    break
+                if progress.step % settings.eval_every == 0 and self._timed_validation():
+                    reason = f"patience ({settings.patience} validations without a better BLEU)"
+                    break
+                if progress.elapsed >= self.max_time:
+                    reason = f"max_time {settings.max_time}"
+                    break
+            self.bar.close()
+            if self.dist.is_main:
+                self.finish(reason)
+            if stop.received is not None:
+                raise SystemExit(128 + stop.received)
+        return Trained(progress, self.model)
+
+    def update(self, stop: StopSignal) -> Update:
+        """One optimiser update over `train.accumulate` batches (and every process)."""
+        started = time.perf_counter()
+        settings, device = self.settings, self.device
+        self.model.train()
+        loss_sum, tgt_tokens, src_tokens, slots = (torch.zeros((), device=device) for _ in range(4))
+        for micro in range(settings.accumulate):
+            self.progress.epoch, self.progress.position, indices = next(self.stream)
+            rows = self.train_set[indices]  # one Arrow take: the corpus stays memory-mapped
+            batch = collate(rows["src_ids"], rows["tgt_ids"])
+            src_ids, tgt_in, tgt_out = (x.to(device) for x in
+                                        (batch.src_ids, batch.tgt_in, batch.tgt_out))
+            last_micro = micro == settings.accumulate - 1
+            with contextlib.nullcontext() if last_micro else self.dist.no_sync(self.ddp_model):
+                with self.autocast:
+                    loss = summed_loss(self.ddp_model, src_ids, tgt_in, tgt_out,
+                                       settings.label_smoothing)
+                self.scaler.scale(loss).backward()
+            loss_sum += loss.detach()
+            tgt_tokens += batch.tgt_tokens
+            src_tokens += batch.src_tokens
+            slots += batch.slots
+        stop_votes = torch.tensor(float(stop.received is not None), device=device)
+        loss_sum, tgt_tokens, src_tokens, slots, stop_votes = self.dist.sum(
+            loss_sum, tgt_tokens, src_tokens, slots, stop_votes)
+        step_loss = (loss_sum / tgt_tokens).item()
+        if not math.isfinite(step_loss):
+            raise TrainingError(
+                f"loss became {step_loss} at step {self.progress.step + 1}; the last good "
+                f"checkpoint stays in {self.last.parent}; try a lower train.lr or "
+                "train.precision=fp32")
+        self._step_optimizer(tgt_tokens)
+        self.progress.step += 1
+        self.progress.elapsed += time.perf_counter() - started
+        self.progress.tgt_tokens += int(tgt_tokens)
+        self.progress.src_tokens += int(src_tokens)
+        return Update(step_loss, int(tgt_tokens), int(src_tokens), int(slots),
+                      bool(stop_votes.item()))
+
+    def _step_optimizer(self, tgt_tokens: torch.Tensor) -> None:
+        self.scaler.unscale_(self.optimizer)
+        for p in self.model.parameters():  # gradients of the summed loss -> mean over all tokens
+            if p.grad is not None:
+                p.grad.mul_(self.dist.world_size / tgt_tokens)
+        if self.settings.clip_norm:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.settings.clip_norm)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def _report(self, update: Update) -> None:
+        """Progress bar and metrics every `train.log_every` updates (and after the first)."""
+        progress = self.progress
+        self.window_tokens += update.tgt_tokens + update.src_tokens
+        if not self.dist.is_main:
+            return
+        self.bar.update(1)
+        if progress.step % self.settings.log_every and progress.step != 1:
+            return
+        speed = self.window_tokens / (time.perf_counter() - self.window_start)
+        self.window_tokens, self.window_start = 0, time.perf_counter()
+        lr = self.scheduler.get_last_lr()[0]
+        budget = {} if math.isinf(self.max_time) else {
+            "time_left": f"{max(0.0, self.max_time - progress.elapsed) / 60:.1f}m"}
+        padding = 1 - (update.tgt_tokens + update.src_tokens) / update.slots
+        self.bar.set_postfix(loss=f"{update.loss:.3f}", lr=f"{lr:.2e}", tok_s=f"{speed:,.0f}",
+                             pad=f"{padding:.0%}", **budget)
+        self.monitor.log({"step": progress.step, "loss": update.loss, "lr": lr,
+                          "src_tokens": progress.src_tokens, "tgt_tokens": progress.tgt_tokens,
+                          "elapsed": round(progress.elapsed, 2), "tokens_per_s": round(speed)})
+
+    def _timed_validation(self) -> bool:
+        """Rank 0 validates (counted in the elapsed time); True when patience says stop."""
+        started = time.perf_counter()
+        stop_now = self.dist.is_main and self.validate_and_save()
+        self.progress.elapsed += time.perf_counter() - started
+        return self.dist.broadcast_flag(stop_now)
+
+    def validate_and_save(self) -> bool:
+        """Validate, keep best.pt and last.pt; True when patience says stop."""
+        progress, settings = self.progress, self.settings
+        result = validate(self.model, self.prepared, self.cfg, self.device, self.autocast)
+        self.monitor.log({"step": progress.step, "val_loss": result.loss, "val_bleu": result.bleu,
+                          "elapsed": round(progress.elapsed, 2)})
+        self.monitor.plot()
+        improved = result.bleu > progress.best_bleu
+        progress.bad_validations = 0 if improved else progress.bad_validations + 1
+        if improved:
+            progress.best_bleu, progress.best_step = result.bleu, progress.step
+        if settings.average_last:
+            keep_snapshot(self.model, self.run_dir, progress, settings.average_last)
+        self.save(self.last)
+        if improved:
+            self.save(self.run_dir / "checkpoints" / "best.pt", val_bleu=result.bleu)
+        self.bar.write(f"step {progress.step}: val_loss {result.loss:.3f}  val_bleu "
+                       f"{result.bleu:.2f}  (best {progress.best_bleu:.2f} at step "
+                       f"{progress.best_step})")
+        return bool(settings.patience) and progress.bad_validations >= settings.patience
+
+    def finish(self, reason: str) -> None:
+        """Rank 0: save after a signal; otherwise a last validation and the averaged weights."""
+        progress = self.progress
+        if reason.startswith("signal"):
+            self.save(self.last)
+            log.info("stopped by %s at step %d; saved %s (continue with --resume)",
+                     reason, progress.step, self.last)
+        else:
+            if progress.step % self.settings.eval_every:
+                self.validate_and_save()
+            if self.settings.average_last and len(progress.snapshots) > 1:
+                self._average()
+            log.info("stopped at step %d (%s); best validation BLEU %.2f at step %d",
+                     progress.step, reason, progress.best_bleu, progress.best_step)
+        self.monitor.close()
+
+    def _average(self) -> None:
+        """Average the kept snapshots; the average becomes best.pt when its BLEU is higher."""
+        progress = self.progress
+        final = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        averaged = averaged_snapshots(self.run_dir, progress.snapshots, self.device)
+        self.model.load_state_dict(averaged)
+        result = validate(self.model, self.prepared, self.cfg, self.device, self.autocast)
+        self.monitor.log({"step": progress.step, "averaged": len(progress.snapshots),
+                          "averaged_val_loss": result.loss, "averaged_val_bleu": result.bleu})
+        log.info("average of the last %d validation checkpoints: val BLEU %.2f (best single %.2f)",
+                 len(progress.snapshots), result.bleu, progress.best_bleu)
+        if result.bleu > progress.best_bleu:
+            progress.best_bleu = result.bleu
+            self.save(self.run_dir / "checkpoints" / "best.pt", val_bleu=result.bleu,
+                      averaged=progress.snapshots)
+        self.model.load_state_dict(final)
+

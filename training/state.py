@@ -1,0 +1,88 @@
+"""What a resumed run needs besides weights and optimiser: progress, random state, and the
+snapshots kept for checkpoint averaging."""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+from pathlib import Path
+
+import torch
+
+from mha.configs.schema import Config, from_dict, to_dict
+from mha.data.files import atomic_write
+from mha.inference.checkpoint import CheckpointError
+from mha.model.transformer import Transformer
+
+# keys that may change between a run and its resumption: budgets and reporting, not the maths
+RESUMABLE_CHANGES = {"max_steps", "max_time", "patience", "eval_every", "log_every", "num_threads",
+                     "device", "average_last"}
+
+
+@dataclasses.dataclass
+class Progress:
+    """Counters of a run; saved in every checkpoint."""
+
+    step: int = 0
+    epoch: int = 0
+    position: int = 0  # next batch of the epoch
+    elapsed: float = 0.0  # seconds of training, validation included
+    src_tokens: int = 0
+    tgt_tokens: int = 0
+    best_bleu: float = -1.0
+    best_step: int = 0
+    bad_validations: int = 0
+    snapshots: list[int] = dataclasses.field(default_factory=list)  # steps kept for averaging
+
+
+def rng_state() -> dict:
+    return {"torch": torch.get_rng_state(), "python": random.getstate(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+
+
+def restore(state: dict, cfg: Config, model, optimizer, scheduler, scaler) -> Progress:
+    """Load a checkpoint's training state into the given objects; CheckpointError if it differs
+    from `cfg` in anything but RESUMABLE_CHANGES or does not fit the model."""
+    saved, current = to_dict(from_dict(state["config"])), to_dict(cfg)
+    differences = [
+        f"{section}.{key} ({old!r} in the checkpoint, {current[section][key]!r} now)"
+        for section in ("data", "model", "train")
+        for key, old in saved[section].items()
+        if current[section][key] != old and key not in RESUMABLE_CHANGES
+    ]
+    if differences:
+        raise CheckpointError("cannot resume: the config differs from the checkpoint's at "
+                              + "; ".join(differences))
+    try:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+    except (RuntimeError, ValueError, KeyError) as error:
+        raise CheckpointError(
+            f"cannot resume: checkpoint does not fit the model ({error})"[:300]) from None
+    scheduler.load_state_dict(state["scheduler"])
+    scaler.load_state_dict(state["scaler"])
+    rng = state["rng"]
+    torch.set_rng_state(rng["torch"])
+    random.setstate(rng["python"])
+    if rng.get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rng["cuda"])
+    return Progress(**state["progress"])
+
+
+def keep_snapshot(model: Transformer, run_dir: Path, progress: Progress, keep: int) -> None:
+    """Save the weights of this validation; only the last `keep` stay, for averaging."""
+    folder = run_dir / "checkpoints"
+    weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    atomic_write(folder / f"weights_{progress.step}.pt", lambda f: torch.save(weights, f))
+    progress.snapshots.append(progress.step)
+    for old in progress.snapshots[:-keep]:
+        (folder / f"weights_{old}.pt").unlink(missing_ok=True)
+    progress.snapshots = progress.snapshots[-keep:]
+
+
+def averaged_snapshots(run_dir: Path, steps: list[int], device: torch.device) -> dict:
+    """The element-wise mean of the kept snapshots' weights."""
+    folder = run_dir / "checkpoints"
+    snapshots = [torch.load(folder / f"weights_{s}.pt", map_location=device) for s in steps]
+    return {k: sum(s[k].float() for s in snapshots).div(len(snapshots)).to(v.dtype)
+            for k, v in snapshots[0].items()}
