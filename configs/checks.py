@@ -97,6 +97,7 @@ def _check_train(t: TrainConfig) -> list[str]:
             f"train.warmup_steps ({t.warmup_steps}) must be below train.max_steps ({t.max_steps})"
         )
     problems += _choices({"train.precision": (t.precision, ("fp32", "bf16", "fp16")),
+                          "train.schedule": (t.schedule, ("inverse_sqrt", "linear")),
                           "train.device": (t.device, ("auto", "cpu", "cuda"))})
     if t.max_time is not None:
         try:

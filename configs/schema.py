@@ -79,6 +79,7 @@ class TrainConfig:
     accumulate: int = 1  # batches per optimiser update
     lr: float = 7e-4  # peak learning rate, reached after warmup
     warmup_steps: int = 1000
+    schedule: str = "inverse_sqrt"  # or linear: to zero when max_time (or max_steps) ends
     label_smoothing: float = 0.1
     clip_norm: float = 1.0  # 0 disables clipping
     weight_decay: float = 0.0

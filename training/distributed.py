@@ -57,6 +57,14 @@ class Distributed:
         dist.broadcast(value, src=0)
         return bool(value.item())
 
+    def broadcast_int(self, value: int) -> int:
+        """Rank 0's value, on every rank."""
+        if self.world_size == 1:
+            return value
+        tensor = torch.tensor([value], dtype=torch.long, device=self.device)
+        dist.broadcast(tensor, src=0)
+        return int(tensor.item())
+
     def barrier(self) -> None:
         if self.world_size > 1:
             dist.barrier()

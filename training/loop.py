@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pyarrow.compute as pc
 import torch
-from tqdm import tqdm
 
 from mha.configs.schema import Config, dump, parse_duration, to_dict
 from mha.data.batching import TokenBatches, collate
@@ -27,9 +26,16 @@ from mha.training.distributed import Distributed
 from mha.training.loss import summed_loss
 from mha.training.monitor import Monitor
 from mha.training.precision import autocast, check_precision
-from mha.training.schedule import inverse_sqrt
+from mha.training.schedule import lr_factor, plan_decay
 from mha.training.signals import StopSignal
-from mha.training.state import Progress, averaged_snapshots, keep_snapshot, restore, rng_state
+from mha.training.state import (
+    Progress,
+    Update,
+    averaged_snapshots,
+    keep_snapshot,
+    restore,
+    rng_state,
+)
 from mha.training.validate import validate
 
 log = logging.getLogger(__name__)
@@ -43,17 +49,6 @@ class TrainingError(Exception):
 class Trained:
     progress: Progress
     model: Transformer  # the final weights (best.pt may hold better ones)
-
-
-@dataclasses.dataclass
-class Update:
-    """What one optimiser update saw, summed over micro-batches and processes."""
-
-    loss: float  # per target token
-    tgt_tokens: int
-    src_tokens: int
-    slots: int  # token positions on both sides, padding included
-    stop_requested: bool  # a signal reached some process
 
 
 def train(cfg: Config, resume: bool = False) -> Trained:
@@ -82,6 +77,7 @@ class Trainer:
         dist.barrier()
         self.prepared = prepared or load_prepared(cfg.run_dir)
         self.tokenizer = self.prepared.tokenizer
+        self.progress = Progress()  # the schedule reads it; a resumed run replaces it
         self._build_model()
         self.progress = self._resume_or_start(resume)
         if dist.is_main:
@@ -93,10 +89,10 @@ class Trainer:
         self.stream = self.batches.stream(self.progress.epoch, self.progress.position, dist.rank,
                                           dist.world_size)
         self.ddp_model = dist.wrap(self.model)
-        self.monitor = (Monitor(self.run_dir, self.progress.step if resume else None)
-                        if dist.is_main else None)
         budget = self.settings.max_time
         self.max_time = parse_duration(budget) if budget else math.inf
+        self.monitor = (Monitor(self.run_dir, self.progress.step if resume else None,
+                                self.settings, self.max_time) if dist.is_main else None)
 
     def _build_model(self) -> None:
         settings = self.settings
@@ -108,7 +104,7 @@ class Trainer:
                                           betas=(0.9, 0.98), eps=1e-9,
                                           weight_decay=settings.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda step: inverse_sqrt(step, settings.warmup_steps))
+            self.optimizer, lambda step: lr_factor(step, settings, self.progress))
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=settings.precision == "fp16")
         self.autocast = autocast(settings.precision, self.device)
 
@@ -139,9 +135,6 @@ class Trainer:
                      self.dist.world_size, self.device,
                      sum(p.numel() for p in self.model.parameters()), len(self.train_set),
                      len(self.batches.epoch(progress.epoch)))
-        self.bar = tqdm(total=settings.max_steps, initial=progress.step,
-                        disable=not self.dist.is_main, dynamic_ncols=True, unit="step")
-        self.window_tokens, self.window_start = 0, time.perf_counter()
         reason, stop = "max_steps", StopSignal()
         with stop:
             while progress.step < settings.max_steps:
@@ -153,10 +146,9 @@ class Trainer:
                 if progress.step % settings.eval_every == 0 and self._timed_validation():
                     reason = f"patience ({settings.patience} validations without a better BLEU)"
                     break
-                if progress.elapsed >= self.max_time:
-                    reason = f"max_time {settings.max_time}"
+                if budget_spent := self._budget_spent():
+                    reason = budget_spent
                     break
-            self.bar.close()
             if self.dist.is_main:
                 self.finish(reason)
             if stop.received is not None:
@@ -215,31 +207,24 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
 
     def _report(self, update: Update) -> None:
-        """Progress bar and metrics every `train.log_every` updates (and after the first)."""
-        progress = self.progress
-        self.window_tokens += update.tgt_tokens + update.src_tokens
-        if not self.dist.is_main:
-            return
-        self.bar.update(1)
-        if progress.step % self.settings.log_every and progress.step != 1:
-            return
-        speed = self.window_tokens / (time.perf_counter() - self.window_start)
-        self.window_tokens, self.window_start = 0, time.perf_counter()
-        lr = self.scheduler.get_last_lr()[0]
-        budget = {} if math.isinf(self.max_time) else {
-            "time_left": f"{max(0.0, self.max_time - progress.elapsed) / 60:.1f}m"}
-        padding = 1 - (update.tgt_tokens + update.src_tokens) / update.slots
-        self.bar.set_postfix(loss=f"{update.loss:.3f}", lr=f"{lr:.2e}", tok_s=f"{speed:,.0f}",
-                             pad=f"{padding:.0%}", **budget)
-        self.monitor.log({"step": progress.step, "loss": update.loss, "lr": lr,
-                          "src_tokens": progress.src_tokens, "tgt_tokens": progress.tgt_tokens,
-                          "elapsed": round(progress.elapsed, 2), "tokens_per_s": round(speed)})
+        if self.dist.is_main:
+            self.monitor.report(self.progress, update, self.scheduler.get_last_lr()[0])
+
+    def _budget_spent(self) -> str | None:
+        if self.progress.elapsed >= self.max_time:
+            return f"max_time {self.settings.max_time}"
+        if 0 < self.progress.plan_end <= self.progress.step:
+            return f"the {self.progress.plan_end} updates planned for max_time are done"
+        return None
 
     def _timed_validation(self) -> bool:
         """Rank 0 validates (counted in the elapsed time); True when patience says stop."""
         started = time.perf_counter()
         stop_now = self.dist.is_main and self.validate_and_save()
-        self.progress.elapsed += time.perf_counter() - started
+        spent = time.perf_counter() - started
+        self.progress.elapsed += spent
+        self.progress.validation_seconds += spent
+        plan_decay(self.settings, self.progress, self.max_time, self.dist)
         return self.dist.broadcast_flag(stop_now)
 
     def validate_and_save(self) -> bool:
@@ -258,7 +243,7 @@ class Trainer:
         self.save(self.last)
         if improved:
             self.save(self.run_dir / "checkpoints" / "best.pt", val_bleu=result.bleu)
-        self.bar.write(f"step {progress.step}: val_loss {result.loss:.3f}  val_bleu "
+        self.monitor.write(f"step {progress.step}: val_loss {result.loss:.3f}  val_bleu "
                        f"{result.bleu:.2f}  (best {progress.best_bleu:.2f} at step "
                        f"{progress.best_step})")
         return bool(settings.patience) and progress.bad_validations >= settings.patience

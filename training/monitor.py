@@ -1,13 +1,20 @@
-"""What a user watches during training: metrics.jsonl, a picture of the curves, TensorBoard."""
+"""What a user watches during training: the progress bar (loss, learning rate, tokens/s, padding,
+time left), metrics.jsonl, a picture of the curves, TensorBoard."""
 
 from __future__ import annotations
 
 import io
 import json
 import logging
+import math
+import time
 from pathlib import Path
 
+from tqdm import tqdm
+
+from mha.configs.schema import TrainConfig
 from mha.data.files import atomic_write
+from mha.training.state import Progress, Update
 
 log = logging.getLogger(__name__)
 
@@ -18,7 +25,12 @@ class Monitor:
     On resume, lines past the resumed step are dropped, so the file reads as one run.
     """
 
-    def __init__(self, run_dir: Path, resumed_step: int | None = None) -> None:
+    def __init__(self, run_dir: Path, resumed_step: int | None, settings: TrainConfig,
+                 max_time: float = math.inf) -> None:
+        self.log_every, self.max_time = settings.log_every, max_time
+        self.bar = tqdm(total=settings.max_steps, initial=resumed_step or 0, dynamic_ncols=True,
+                        unit="step")
+        self.window_tokens, self.window_start = 0, time.perf_counter()
         self.path, self.picture = run_dir / "metrics.jsonl", run_dir / "curves.png"
         self.records: list[dict] = []
         if resumed_step is not None and self.path.is_file():
@@ -29,6 +41,27 @@ class Monitor:
         atomic_write(self.path, lambda file: file.write(text.encode()))
         self.file = self.path.open("a", encoding="utf-8")
         self.tensorboard = _tensorboard(run_dir)
+
+    def report(self, progress: Progress, update: Update, lr: float) -> None:
+        """The bar moves every update; its figures and a metrics line every `log_every`."""
+        self.bar.update(1)
+        self.window_tokens += update.tgt_tokens + update.src_tokens
+        if progress.step % self.log_every and progress.step != 1:
+            return
+        speed = self.window_tokens / (time.perf_counter() - self.window_start)
+        self.window_tokens, self.window_start = 0, time.perf_counter()
+        budget = {} if math.isinf(self.max_time) else {
+            "time_left": f"{max(0.0, self.max_time - progress.elapsed) / 60:.1f}m"}
+        padding = 1 - (update.tgt_tokens + update.src_tokens) / update.slots
+        self.bar.set_postfix(loss=f"{update.loss:.3f}", lr=f"{lr:.2e}", tok_s=f"{speed:,.0f}",
+                             pad=f"{padding:.0%}", **budget)
+        self.log({"step": progress.step, "loss": update.loss, "lr": lr,
+                  "src_tokens": progress.src_tokens, "tgt_tokens": progress.tgt_tokens,
+                  "elapsed": round(progress.elapsed, 2), "tokens_per_s": round(speed)})
+
+    def write(self, text: str) -> None:
+        """A line above the bar."""
+        self.bar.write(text)
 
     def log(self, record: dict) -> None:
         self.records.append(record)
@@ -62,6 +95,7 @@ class Monitor:
         atomic_write(self.picture, lambda file: file.write(buffer.getvalue()))
 
     def close(self) -> None:
+        self.bar.close()
         self.file.close()
         if self.tensorboard is not None:
             self.tensorboard.close()

@@ -33,6 +33,20 @@ class Progress:
     best_step: int = 0
     bad_validations: int = 0
     snapshots: list[int] = dataclasses.field(default_factory=list)  # steps kept for averaging
+    validation_seconds: float = 0.0  # the part of `elapsed` spent validating
+    plan_start: int = 0  # the linear schedule decays from update plan_start ...
+    plan_end: int = 0  # ... to zero at plan_end (0: not planned yet)
+
+
+@dataclasses.dataclass
+class Update:
+    """What one optimiser update saw, summed over micro-batches and processes."""
+
+    loss: float  # per target token
+    tgt_tokens: int
+    src_tokens: int
+    slots: int  # token positions on both sides, padding included
+    stop_requested: bool  # a signal reached some process
 
 
 def rng_state() -> dict:

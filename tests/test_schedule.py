@@ -1,0 +1,86 @@
+"""Learning-rate schedules: the linear decay to zero that a time budget plans, and its resume."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from test_train import TINY, losses
+
+from mha.configs.schema import load_config
+from mha.inference import checkpoint
+from mha.training import schedule
+from mha.training.distributed import Distributed
+from mha.training.loop import train
+from mha.training.schedule import Plan, linear, lr_factor, plan_decay, planned_updates
+from mha.training.state import Progress
+
+
+def test_linear_warms_up_holds_then_reaches_zero_at_the_planned_end():
+    plan = Plan(start=20, end=120)
+    assert linear(5, 10, plan) == pytest.approx(0.5)
+    assert linear(15, 10, plan) == 1.0  # between warmup and the plan's start
+    assert linear(70, 10, plan) == pytest.approx(0.5)
+    assert linear(120, 10, plan) == 0.0
+    assert linear(200, 10, plan) == 0.0
+    assert linear(500, 10, Plan()) == 1.0  # not planned yet
+
+
+def test_planned_updates_count_validations_and_respect_max_steps():
+    # 100 s left, 1 s an update, a 10 s validation every 10 updates: 2 s an update in all
+    assert planned_updates(50, 100.0, 1.0, 10.0, 10, 10_000) == 100
+    assert planned_updates(50, 100.0, 1.0, 10.0, 10, 80) == 80
+    assert planned_updates(50, -5.0, 1.0, 0.0, 10, 10_000) == 51
+
+
+def test_without_a_time_budget_linear_decays_over_max_steps():
+    cfg = load_config("tiny", ["train.schedule=linear", "train.max_steps=60",
+                               "train.warmup_steps=20"])
+    factors = [lr_factor(step, cfg.train, Progress()) for step in (10, 20, 40, 60)]
+    assert factors == pytest.approx([0.5, 1.0, 0.5, 0.0])
+
+
+def test_plan_is_made_once_after_warmup_from_measured_rates():
+    cfg = load_config("tiny", ["train.schedule=linear", "train.max_time=10m",
+                               "train.warmup_steps=20", "train.max_steps=100000",
+                               "train.eval_every=30"])
+    progress = Progress(step=10, elapsed=20.0)
+    plan_decay(cfg.train, progress, 600.0, Distributed())
+    assert progress.plan_end == 0  # still warming up
+    progress = Progress(step=30, elapsed=70.0, validation_seconds=10.0)  # 2 s/update, 10 s/val
+    plan_decay(cfg.train, progress, 600.0, Distributed())
+    end = 30 + math.floor(530 / (2.0 + 10.0 / 30))
+    assert (progress.plan_start, progress.plan_end) == (30, end)
+    progress.elapsed = 300.0
+    plan_decay(cfg.train, progress, 600.0, Distributed())
+    assert progress.plan_end == end  # kept, not re-planned
+
+
+def budget_run(run_dir, corpus, *overrides):
+    return load_config("tiny", [f"run_dir={run_dir}", f"data.corpus={corpus}", *TINY,
+                                "train.schedule=linear", "train.max_time=1h",
+                                "train.warmup_steps=4", "train.eval_every=4", *overrides])
+
+
+def test_a_budgeted_run_stops_at_its_plan_and_resumes_on_the_same_curve(
+        tmp_path, small_corpus, monkeypatch):
+    monkeypatch.setattr(schedule, "planned_updates", lambda *args: 10)
+    straight = train(budget_run(tmp_path / "a", small_corpus, "train.max_steps=40"))
+    assert straight.progress.step == 10
+    train(budget_run(tmp_path / "b", small_corpus, "train.max_steps=6"))
+    saved = checkpoint.load(tmp_path / "b" / "checkpoints" / "last.pt")["progress"]
+    assert (saved["plan_start"], saved["plan_end"]) == (4, 10)
+    monkeypatch.setattr(schedule, "planned_updates", lambda *args: 99)  # must not re-plan
+    resumed = train(budget_run(tmp_path / "b", small_corpus, "train.max_steps=40"), resume=True)
+    assert resumed.progress.step == 10
+    expected, got = losses(tmp_path / "a"), losses(tmp_path / "b")
+    assert sorted(got) == list(range(1, 11))
+    for step in expected:
+        assert abs(expected[step] - got[step]) < 1e-6, step
+    records = [json.loads(line) for line in (tmp_path / "a" / "metrics.jsonl").open()]
+    lrs = {r["step"]: r["lr"] for r in records if "lr" in r}
+    assert lrs[4] == pytest.approx(1e-3) and lrs[10] == 0.0 and 0 < lrs[7] < lrs[5]
+    for a, b in zip(straight.model.parameters(), resumed.model.parameters()):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=0)
