@@ -9,7 +9,7 @@ import pytest
 import torch
 from test_train import TINY, losses
 
-from mha.configs.schema import load_config
+from mha.configs.schema import load_config, parse_duration
 from mha.inference import checkpoint
 from mha.training import schedule
 from mha.training.distributed import Distributed
@@ -84,3 +84,12 @@ def test_a_budgeted_run_stops_at_its_plan_and_resumes_on_the_same_curve(
     assert lrs[4] == pytest.approx(1e-3) and lrs[10] == 0.0 and 0 < lrs[7] < lrs[5]
     for a, b in zip(straight.model.parameters(), resumed.model.parameters()):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=0)
+
+
+def test_the_quick_preset_fits_five_minutes_with_a_planned_linear_decay(tmp_path, small_corpus):
+    cfg = load_config("quick")
+    assert parse_duration(cfg.train.max_time) <= 270  # tokenizing and the last validation fit
+    assert cfg.train.schedule == "linear" and cfg.train.eval_every >= cfg.train.warmup_steps
+    small = load_config("quick", [f"run_dir={tmp_path}", f"data.corpus={small_corpus}",
+                                  "data.vocab_size=300", "train.max_steps=3"])
+    assert train(small).progress.step == 3
