@@ -159,11 +159,18 @@ def translate(
     from mha.cli.stdin import stdin_chunks
     from mha.data.files import read_lines
     from mha.inference.run import load_model
-    from mha.inference.translate import translate_chunks, translate_lines
+    from mha.inference.translate import (
+        translate_chunks,
+        translate_lines,
+        warn_unknown_characters,
+        warn_unknown_in_chunks,
+    )
 
     _check_sources(texts, input_file, attention, self_attention)
     lines = read_lines(input_file) if input_file else texts  # fails before the model loads
     model, tokenizer, cfg = load_model(run_dir, which, device)
+    if lines is not None:
+        warn_unknown_characters(tokenizer, lines, str(input_file or "the arguments"))
     options = {"batch_size": batch_size or cfg.decode.batch_size, "beam": beam or cfg.decode.beam,
                "use_cache": not no_cache, "decode_cfg": cfg.decode}
     if attention:
@@ -175,7 +182,8 @@ def translate(
     elif lines is not None:
         outputs = translate_lines(model, tokenizer, lines, **options)
     else:
-        outputs = translate_chunks(model, tokenizer, stdin_chunks(options["batch_size"]), **options)
+        chunks = warn_unknown_in_chunks(tokenizer, stdin_chunks(options["batch_size"]))
+        outputs = translate_chunks(model, tokenizer, chunks, **options)
     _emit(outputs, output_file)
 
 
@@ -222,9 +230,11 @@ def eval(  # the command's name; shadows the builtin only inside this module
 
     from mha.inference.evaluate import eval_set, evaluate
     from mha.inference.run import load_model
+    from mha.inference.translate import warn_unknown_characters
 
     model, tokenizer, cfg = load_model(run_dir, which, device)
     sources, references, name = eval_set(run_dir, split, src_file, ref_file)
+    warn_unknown_characters(tokenizer, sources, str(src_file or f"the {split} split"))
     beam = beam or cfg.decode.beam
     decoding = "greedy" if beam == 1 else f"beam{beam}"
     hyp_path = output_file or run_dir / "eval" / f"{name}.{decoding}.hyp"

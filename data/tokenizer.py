@@ -11,6 +11,7 @@ import io
 import logging
 import os
 import re
+from collections import Counter
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -24,6 +25,7 @@ from mha.data.files import DataError
 log = logging.getLogger(__name__)
 
 JOINT_FILE, SRC_FILE, TGT_FILE = "spm.model", "src.model", "tgt.model"
+WORD_START = "\u2581"  # "▁": SentencePiece's mark for a space, part of the first piece of a word
 _TOO_BIG = re.compile(r"Vocabulary size (too high|is smaller than required_chars)[^\n]*")
 
 
@@ -67,6 +69,18 @@ class Tokenizer:
             if token not in (self.BOS, self.PAD):
                 kept.append(token)
         return self._tgt.decode(kept)
+
+    def unknown_characters(self, texts: Iterable[str]) -> Counter[str]:
+        """The characters of texts that the source vocabulary lacks, with their counts: each is
+        encoded as UNK and comes out as "⁇". Characters are counted as SentencePiece sees them,
+        after its NFKC normalization: "e" + a combining acute accent is "é"."""
+        texts = list(texts)
+        unknown: Counter[str] = Counter()
+        for text, ids in zip(texts, self._src.encode(texts, out_type=int)):
+            if self.UNK in ids:  # only these lines are worth the character by character look
+                unknown.update(char for char in self._src.normalize(text)
+                               if char != WORD_START and self._src.piece_to_id(char) == self.UNK)
+        return unknown
 
     def src_pieces(self, text: str) -> list[str]:
         """The pieces of `encode_src([text])[0]`, EOS included: labels for attention pictures."""
