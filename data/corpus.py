@@ -168,17 +168,33 @@ def _hub_rows(batch: dict, src_lang: str, tgt_lang: str) -> dict[str, list[str]]
             "tgt": [(text or "").strip() for text in tgt]}
 
 
+def hub_fingerprints(data: DataConfig) -> dict[str, str]:
+    """Role -> the hub split's own fingerprint, which `datasets` derives from its files (their
+    revision on the hub, their mtimes), so a changed dataset gets a new one. {} for files."""
+    if not data.corpus.startswith("hub:"):
+        return {}
+    with _no_progress_bars():
+        raw = _hub_splits(data, roles(data))
+    return {role: raw[split]._fingerprint for role, split in roles(data).items()}
+
+
 def _load_hub(data: DataConfig, splits: dict[str, str]) -> dict[str, datasets.Dataset]:
+    raw = _hub_splits(data, splits)
+    return {role: hub_pairs(raw[split], data.src_lang, data.tgt_lang)
+            for role, split in splits.items()}
+
+
+def _hub_splits(data: DataConfig, splits: dict[str, str]) -> datasets.DatasetDict:
+    """The hub dataset of data.corpus ("hub:NAME" or "hub:NAME:CONFIG"), checked to hold splits."""
     name, _, config = data.corpus.removeprefix("hub:").partition(":")
     try:
         raw = datasets.load_dataset(name, config or None)
     except (OSError, ValueError) as error:  # offline, unknown, gated, or an unknown config
-        raise DataError(f"hub dataset {name!r}: {error}".replace("\n", " ")) from None
+        raise DataError(f"hub dataset {name!r}: {error}".replace("\n", " ")) from error
     missing = [split for split in splits.values() if split not in raw]
     if missing:
         raise DataError(f"hub dataset {name!r} has no split {missing[0]!r} (has: {', '.join(raw)})")
-    return {role: hub_pairs(raw[split], data.src_lang, data.tgt_lang)
-            for role, split in splits.items()}
+    return raw
 
 
 def _local_file(folder: Path, split: str, lang: str) -> Path:

@@ -27,7 +27,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from mha.configs.schema import Config, DataConfig
-from mha.data.corpus import Corpus, corpus_files, load_corpus, roles
+from mha.data.corpus import Corpus, corpus_files, hub_fingerprints, load_corpus, roles
 from mha.data.files import DataError
 from mha.data.tokenizer import Tokenizer, train_tokenizer
 
@@ -128,13 +128,13 @@ def load_prepared(run_dir: str | Path) -> Prepared:
 
 
 def data_fingerprint(data: DataConfig) -> dict:
-    """What the encoded data depends on (data config, corpus files' sizes and mtimes) and its hash.
-
-    Hub corpora contribute only their name: the hub's own cache tracks their contents.
-    """
+    """What the encoded data depends on (data config, corpus files' sizes and mtimes, or a hub
+    dataset's own fingerprints) and its hash."""
     files = [[str(path.resolve()), path.stat().st_size, path.stat().st_mtime_ns]
              for pair in corpus_files(data).values() for path in pair]
     inputs = {"format": FORMAT, "data": dataclasses.asdict(data), "files": files}
+    if data.corpus.startswith("hub:"):
+        inputs["hub"] = hub_fingerprints(data)
     digest = hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()
     return {"hash": digest, **inputs}
 

@@ -7,6 +7,7 @@ import logging
 import shutil
 from pathlib import Path
 
+import datasets
 import pytest
 from typer.testing import CliRunner
 
@@ -16,7 +17,8 @@ from mha.data.files import DataError
 from mha.data.prepare import Prepared, load_prepared, prepare
 
 
-def make_config(run_dir: Path, corpus: Path, max_positions: int = 1002, **data: object) -> Config:
+def make_config(run_dir: Path, corpus: Path | str, max_positions: int = 1002,
+                **data: object) -> Config:
     """A config for corpus with a tiny vocabulary and (unless given) no max_len filtering."""
     data = {"corpus": str(corpus), "vocab_size": 200, "max_len": max_positions - 2, **data}
     return from_dict({"run_dir": str(run_dir), "data": data,
@@ -163,3 +165,23 @@ def test_pairs_lost_to_max_len_and_max_positions_are_counted(
                                       "data.max_len=150", "--set", "model.max_positions=202"])
     assert result.exit_code == 0, result.output
     assert line in result.stdout
+
+
+def test_a_changed_hub_dataset_rebuilds(small_corpus: Path, tmp_path: Path,
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    def split(name: str, extra: int = 0) -> datasets.Dataset:
+        sides = {lang: (small_corpus / f"{name}.{lang}").read_text(encoding="utf-8").splitlines()
+                 for lang in ("de", "en")}
+        return datasets.Dataset.from_dict({lang: lines + [f"Satz {i}." for i in range(extra)]
+                                           for lang, lines in sides.items()})
+
+    hub = {"train": split("train"), "validation": split("val"), "test": split("test_2016_flickr")}
+    monkeypatch.setattr(datasets, "load_dataset", lambda name, config=None: dict(hub))
+    splits = {"train": "train", "val": "validation", "test": "test"}
+    cfg = make_config(tmp_path / "run", "hub:someone/pairs", splits=splits)
+    assert not prepare(cfg).report["reused"]
+    assert prepare(cfg).report["reused"]
+    hub["train"] = split("train", extra=2)  # the dataset changed on the hub, not its name
+    changed = prepare(cfg)
+    assert not changed.report["reused"]
+    assert changed.splits["train"]["src"][-2:] == ["Satz 0.", "Satz 1."]
