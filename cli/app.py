@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import logging
 import sys
+import traceback
 from importlib.metadata import version
 from pathlib import Path
 from typing import Annotated
@@ -20,6 +21,7 @@ ConfigArg = Annotated[str, typer.Argument(
     help="A YAML config path or a preset name (e.g. multi30k_de_en).")]
 SetOpt = Annotated[list[str] | None, typer.Option(
     "--set", help="Override a key: --set model.heads=8 (repeatable).")]
+SESSION = {"debug": False}  # the root options a command needs, set by `root` on every call
 
 
 def user_errors() -> tuple[type[Exception], ...]:
@@ -51,19 +53,26 @@ def root(
     show_version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
                                                help="Print the version and exit.")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log debug detail.")] = False,
+    debug: Annotated[bool, typer.Option(
+        "--debug", envvar="MHA_DEBUG", help="On an error, print its traceback and causes before "
+        "the one-line message (also MHA_DEBUG=1).")] = False,
 ) -> None:
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
                         format="%(message)s", stream=sys.stderr)
+    SESSION["debug"] = debug
 
 
 def command(fn):
-    """Register `fn` as a command whose user errors end as one line on stderr and exit code 2."""
+    """Register `fn` as a command whose user errors end as one line on stderr and exit code 2
+    (after the full traceback, with the chain of causes, under --debug)."""
 
     @functools.wraps(fn)
     def run(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
         except user_errors() as error:
+            if SESSION["debug"]:
+                typer.echo("".join(traceback.format_exception(error)), err=True, nl=False)
             fail(str(error).replace("\n", " "))
 
     return app.command()(run)

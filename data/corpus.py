@@ -128,7 +128,7 @@ def multi30k_file(split: str, lang: str, data_dir: str | None = None) -> Path:
         return _download(url, folders[-1][1] / name, MULTI30K_SHA256[name])
     except DataError as error:
         looked = "; ".join(f"{label} {folder}" for label, folder in folders)
-        raise DataError(f"{name} not found (looked in {looked}) and {error}") from None
+        raise DataError(f"{name} not found (looked in {looked}) and {error}") from error
 
 
 def multi30k_folders(data_dir: str | None = None) -> list[tuple[str, Path]]:
@@ -221,7 +221,7 @@ def _pairs_dataset(src_path: Path, tgt_path: Path) -> datasets.Dataset:
             cause = cause.__cause__
         if cause is None:
             raise
-        raise cause from None
+        raise cause from None  # the DataError itself: its own traceback is the whole story
 
 
 def _pair_rows(src_path: Path, tgt_path: Path) -> Iterator[dict[str, str]]:
@@ -272,12 +272,12 @@ def _fetch(url: str, out: BinaryIO) -> str:
                     received += len(chunk)
                     bar.update(len(chunk))
     except urllib.error.HTTPError as error:
-        raise DataError(f"downloading {url} failed: HTTP {error.code} {error.reason}") from None
+        raise DataError(f"downloading {url} failed: HTTP {error.code} {error.reason}") from error
     except urllib.error.URLError as error:
-        raise DataError(f"downloading {url} failed: {error.reason}") from None
+        raise DataError(f"downloading {url} failed: {error.reason}") from error
     except (http.client.HTTPException, OSError) as error:
         raise DataError(f"downloading {url} failed after {received} bytes: {error!r}; "
-                        f"nothing cached") from None
+                        f"nothing cached") from error
     if total is not None and received != total:
         raise DataError(f"downloading {url} failed: the connection closed after {received} "
                         f"of {total} bytes; nothing cached")

@@ -103,7 +103,7 @@ class Tokenizer:
             return cls(state["src_model"], None if state["joint"] else state["tgt_model"])
         except KeyError as error:
             raise DataError(
-                f"tokenizer state lacks {error.args[0]!r} (has: {sorted(state)})") from None
+                f"tokenizer state lacks {error.args[0]!r} (has: {sorted(state)})") from error
 
     def save(self, folder: Path) -> None:
         """Write spm.model (joint) or src.model and tgt.model into folder, replacing old ones."""
@@ -170,7 +170,7 @@ def _train_model(sentences: Iterator[str], data: DataConfig) -> bytes:
         if reason is None:
             raise
         raise DataError(f"data.vocab_size ({data.vocab_size}) does not fit this corpus: "
-                        f"SentencePiece says {reason[0]!r}") from None
+                        f"SentencePiece says {reason[0]!r}") from error
     return model.getvalue()
 
 

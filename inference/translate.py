@@ -117,8 +117,9 @@ def warn_unknown_characters(tokenizer: Tokenizer, lines: list[str], where: str) 
         shown = [f"{char!r} U+{ord(char):04X} x{count}"
                  for char, count in unknown.most_common(UNKNOWN_SHOWN)]
         more = len(unknown) - UNKNOWN_SHOWN
-        log.warning("%s: %d characters the tokenizer does not know, read as unknown (⁇): %s%s",
-                    where, sum(unknown.values()), ", ".join(shown),
+        total = sum(unknown.values())
+        log.warning("%s: %d character%s the tokenizer does not know, read as unknown (⁇): %s%s",
+                    where, total, "" if total == 1 else "s", ", ".join(shown),
                     f" and {more} more" if more > 0 else "")
     return unknown
 

@@ -25,7 +25,7 @@ LISTED = "'😀' U+1F600 x2, '中' U+4E2D x1, '文' U+6587 x1, '\u0301' U+0301 x
 
 def unknown_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
     return [r.getMessage() for r in caplog.records
-            if r.levelno == logging.WARNING and "the tokenizer does not know" in r.getMessage()]
+            if r.levelno == logging.WARNING and " the tokenizer does not know" in r.getMessage()]
 
 
 def test_unknown_characters_are_counted_as_sentencepiece_sees_them(loaded) -> None:
@@ -77,3 +77,8 @@ def test_a_long_list_is_cut_short(loaded, caplog) -> None:
     with caplog.at_level(logging.WARNING):
         assert len(warn_unknown_characters(loaded[1], [many], "x")) == UNKNOWN_SHOWN + 3
     assert unknown_warnings(caplog)[0].endswith(" and 3 more")
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        warn_unknown_characters(loaded[1], ["Ein 😀."], "y")
+    assert unknown_warnings(caplog) == [
+        "y: 1 character the tokenizer does not know, read as unknown (⁇): '😀' U+1F600 x1"]
