@@ -42,6 +42,15 @@ WITH_MIN = {"model.max_positions": ["data.max_len=1"], "train.batch_tokens": ["d
 STEP = 1e-3  # how far inside an open end a float is tried, and how far outside a closed one
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """Tiny tensors: a second torch thread only spins against the first on a shared machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def number(key: str, x: float) -> str:
     return str(int(x)) if _is_int(key) else repr(float(x))
 
