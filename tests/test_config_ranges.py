@@ -17,7 +17,8 @@ from mha.data.tokenizer import Tokenizer
 from mha.inference.translate import decode_ids
 from mha.model.transformer import Transformer
 from mha.training.loss import summed_loss
-from mha.training.schedule import inverse_sqrt
+from mha.training.schedule import lr_factor
+from mha.training.state import Progress
 
 # A tiny model whose other keys leave room for each key's extremes.
 BASE = ["model.d_model=8", "model.heads=2", "model.encoder_layers=1", "model.decoder_layers=1",
@@ -129,7 +130,11 @@ def train_one_step(cfg: Config) -> Transformer:
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.train.lr,
                                  weight_decay=cfg.train.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: inverse_sqrt(step, cfg.train.warmup_steps))
+        optimizer, lambda step: lr_factor(step, cfg.train, Progress()))
+    for schedule in ("inverse_sqrt", "linear"):  # both, over the whole run
+        settings = dataclasses.replace(cfg.train, schedule=schedule)
+        for step in (0, 1, settings.warmup_steps, settings.max_steps):
+            assert 0 <= lr_factor(step, settings, Progress()) <= 1, (schedule, step)
     model.train()
     for indices in batches:
         batch = collate([src[i] for i in indices], [tgt[i] for i in indices])
