@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import logging
 import sys
+import traceback
 from importlib.metadata import version
 from pathlib import Path
 from typing import Annotated
@@ -20,6 +21,7 @@ ConfigArg = Annotated[str, typer.Argument(
     help="A YAML config path or a preset name (e.g. multi30k_de_en).")]
 SetOpt = Annotated[list[str] | None, typer.Option(
     "--set", help="Override a key: --set model.heads=8 (repeatable).")]
+SESSION = {"debug": False}  # the root options a command needs, set by `root` on every call
 
 
 def user_errors() -> tuple[type[Exception], ...]:
@@ -51,19 +53,26 @@ def root(
     show_version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
                                                help="Print the version and exit.")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log debug detail.")] = False,
+    debug: Annotated[bool, typer.Option(
+        "--debug", envvar="MHA_DEBUG", help="On an error, print its traceback and causes before "
+        "the one-line message (also MHA_DEBUG=1).")] = False,
 ) -> None:
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
                         format="%(message)s", stream=sys.stderr)
+    SESSION["debug"] = debug
 
 
 def command(fn):
-    """Register `fn` as a command whose user errors end as one line on stderr and exit code 2."""
+    """Register `fn` as a command whose user errors end as one line on stderr and exit code 2
+    (after the full traceback, with the chain of causes, under --debug)."""
 
     @functools.wraps(fn)
     def run(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
         except user_errors() as error:
+            if SESSION["debug"]:
+                typer.echo("".join(traceback.format_exception(error)), err=True, nl=False)
             fail(str(error).replace("\n", " "))
 
     return app.command()(run)
@@ -159,11 +168,18 @@ def translate(
     from mha.cli.stdin import stdin_chunks
     from mha.data.files import read_lines
     from mha.inference.run import load_model
-    from mha.inference.translate import translate_chunks, translate_lines
+    from mha.inference.translate import (
+        translate_chunks,
+        translate_lines,
+        warn_unknown_characters,
+        warn_unknown_in_chunks,
+    )
 
     _check_sources(texts, input_file, attention, self_attention)
     lines = read_lines(input_file) if input_file else texts  # fails before the model loads
     model, tokenizer, cfg = load_model(run_dir, which, device)
+    if lines is not None:
+        warn_unknown_characters(tokenizer, lines, str(input_file or "the arguments"))
     options = {"batch_size": batch_size or cfg.decode.batch_size, "beam": beam or cfg.decode.beam,
                "use_cache": not no_cache, "decode_cfg": cfg.decode}
     if attention:
@@ -175,7 +191,8 @@ def translate(
     elif lines is not None:
         outputs = translate_lines(model, tokenizer, lines, **options)
     else:
-        outputs = translate_chunks(model, tokenizer, stdin_chunks(options["batch_size"]), **options)
+        chunks = warn_unknown_in_chunks(tokenizer, stdin_chunks(options["batch_size"]))
+        outputs = translate_chunks(model, tokenizer, chunks, **options)
     _emit(outputs, output_file)
 
 
@@ -222,9 +239,11 @@ def eval(  # the command's name; shadows the builtin only inside this module
 
     from mha.inference.evaluate import eval_set, evaluate
     from mha.inference.run import load_model
+    from mha.inference.translate import warn_unknown_characters
 
     model, tokenizer, cfg = load_model(run_dir, which, device)
     sources, references, name = eval_set(run_dir, split, src_file, ref_file)
+    warn_unknown_characters(tokenizer, sources, str(src_file or f"the {split} split"))
     beam = beam or cfg.decode.beam
     decoding = "greedy" if beam == 1 else f"beam{beam}"
     hyp_path = output_file or run_dir / "eval" / f"{name}.{decoding}.hyp"

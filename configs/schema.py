@@ -133,7 +133,7 @@ def load_config(path_or_preset: str | Path, overrides: list[str] = ()) -> Config
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except (yaml.YAMLError, UnicodeDecodeError) as error:
-        raise ConfigError(f"{path}: not valid YAML: {error}".replace("\n", " ")) from None
+        raise ConfigError(f"{path}: not valid YAML: {error}".replace("\n", " ")) from error
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping of keys at the top, "
                           f"got {type(raw).__name__}")

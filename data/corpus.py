@@ -128,7 +128,7 @@ def multi30k_file(split: str, lang: str, data_dir: str | None = None) -> Path:
         return _download(url, folders[-1][1] / name, MULTI30K_SHA256[name])
     except DataError as error:
         looked = "; ".join(f"{label} {folder}" for label, folder in folders)
-        raise DataError(f"{name} not found (looked in {looked}) and {error}") from None
+        raise DataError(f"{name} not found (looked in {looked}) and {error}") from error
 
 
 def multi30k_folders(data_dir: str | None = None) -> list[tuple[str, Path]]:
@@ -168,17 +168,33 @@ def _hub_rows(batch: dict, src_lang: str, tgt_lang: str) -> dict[str, list[str]]
             "tgt": [(text or "").strip() for text in tgt]}
 
 
+def hub_fingerprints(data: DataConfig) -> dict[str, str]:
+    """Role -> the hub split's own fingerprint, which `datasets` derives from its files (their
+    revision on the hub, their mtimes), so a changed dataset gets a new one. {} for files."""
+    if not data.corpus.startswith("hub:"):
+        return {}
+    with _no_progress_bars():
+        raw = _hub_splits(data, roles(data))
+    return {role: raw[split]._fingerprint for role, split in roles(data).items()}
+
+
 def _load_hub(data: DataConfig, splits: dict[str, str]) -> dict[str, datasets.Dataset]:
+    raw = _hub_splits(data, splits)
+    return {role: hub_pairs(raw[split], data.src_lang, data.tgt_lang)
+            for role, split in splits.items()}
+
+
+def _hub_splits(data: DataConfig, splits: dict[str, str]) -> datasets.DatasetDict:
+    """The hub dataset of data.corpus ("hub:NAME" or "hub:NAME:CONFIG"), checked to hold splits."""
     name, _, config = data.corpus.removeprefix("hub:").partition(":")
     try:
         raw = datasets.load_dataset(name, config or None)
     except (OSError, ValueError) as error:  # offline, unknown, gated, or an unknown config
-        raise DataError(f"hub dataset {name!r}: {error}".replace("\n", " ")) from None
+        raise DataError(f"hub dataset {name!r}: {error}".replace("\n", " ")) from error
     missing = [split for split in splits.values() if split not in raw]
     if missing:
         raise DataError(f"hub dataset {name!r} has no split {missing[0]!r} (has: {', '.join(raw)})")
-    return {role: hub_pairs(raw[split], data.src_lang, data.tgt_lang)
-            for role, split in splits.items()}
+    return raw
 
 
 def _local_file(folder: Path, split: str, lang: str) -> Path:
@@ -205,7 +221,7 @@ def _pairs_dataset(src_path: Path, tgt_path: Path) -> datasets.Dataset:
             cause = cause.__cause__
         if cause is None:
             raise
-        raise cause from None
+        raise cause from None  # the DataError itself: its own traceback is the whole story
 
 
 def _pair_rows(src_path: Path, tgt_path: Path) -> Iterator[dict[str, str]]:
@@ -256,12 +272,12 @@ def _fetch(url: str, out: BinaryIO) -> str:
                     received += len(chunk)
                     bar.update(len(chunk))
     except urllib.error.HTTPError as error:
-        raise DataError(f"downloading {url} failed: HTTP {error.code} {error.reason}") from None
+        raise DataError(f"downloading {url} failed: HTTP {error.code} {error.reason}") from error
     except urllib.error.URLError as error:
-        raise DataError(f"downloading {url} failed: {error.reason}") from None
+        raise DataError(f"downloading {url} failed: {error.reason}") from error
     except (http.client.HTTPException, OSError) as error:
         raise DataError(f"downloading {url} failed after {received} bytes: {error!r}; "
-                        f"nothing cached") from None
+                        f"nothing cached") from error
     if total is not None and received != total:
         raise DataError(f"downloading {url} failed: the connection closed after {received} "
                         f"of {total} bytes; nothing cached")

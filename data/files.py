@@ -57,7 +57,7 @@ def iter_lines(path: Path) -> Iterator[str]:
             for number, raw in enumerate(file, 1):
                 yield decode_line(raw, number, str(path))
     except (OSError, EOFError, zlib.error) as error:
-        raise DataError(f"{path}: cannot read: {error}") from None
+        raise DataError(f"{path}: cannot read: {error}") from error
 
 
 def decode_line(raw: bytes, number: int, name: str = "stdin") -> str:
@@ -66,7 +66,7 @@ def decode_line(raw: bytes, number: int, name: str = "stdin") -> str:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as error:
         raise DataError(f"{name}, line {number}: not UTF-8 "
-                        f"({error.reason} at byte {error.start})") from None
+                        f"({error.reason} at byte {error.start})") from error
     if number == 1:
         text = text.removeprefix("\ufeff")
     return text.rstrip("\r\n")

@@ -27,7 +27,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from mha.configs.schema import Config, DataConfig
-from mha.data.corpus import Corpus, corpus_files, load_corpus, roles
+from mha.data.corpus import Corpus, corpus_files, hub_fingerprints, load_corpus, roles
 from mha.data.files import DataError
 from mha.data.tokenizer import Tokenizer, train_tokenizer
 
@@ -54,11 +54,14 @@ class Prepared:
 def prepare(cfg: Config, rebuild: bool = False) -> Prepared:
     """Train the tokenizer and encode every split into cfg.run_dir, or reuse what is there.
 
-    Only the training split is filtered by data.max_len. Raises DataError for a bad corpus.
+    Only the training split is filtered by data.max_len. Every call logs what was lost (pairs
+    dropped by data.max_len, pairs that model.max_positions cuts) and writes it to report.json.
+    Raises DataError for a bad corpus.
     """
     start = time.perf_counter()
     run_dir = Path(cfg.run_dir)
     fingerprint = data_fingerprint(cfg.data)
+    prepared = None
     if not rebuild and _stored_fingerprint(run_dir) == fingerprint["hash"]:
         try:
             prepared = load_prepared(run_dir)
@@ -66,13 +69,47 @@ def prepare(cfg: Config, rebuild: bool = False) -> Prepared:
             log.info("cannot reuse %s (%s): rebuilding", run_dir / "data", error)
         else:
             log.info("data config and corpus unchanged: reusing %s", run_dir / "data")
-            prepared.report["seconds"] = round(time.perf_counter() - start, 2)
-            return prepared
-    prepared = _build(cfg, fingerprint)
-    prepared.report["seconds"] = round(time.perf_counter() - start, 2)
-    (run_dir / "data" / REPORT).write_text(json.dumps(prepared.report, indent=1))
-    (run_dir / "data" / FINGERPRINT).write_text(json.dumps(fingerprint, indent=1))  # last: done
+    built = prepared is None
+    if built:
+        prepared = _build(cfg, fingerprint)
+    report = prepared.report
+    report["seconds"] = round(time.perf_counter() - start, 2)
+    report["max_positions"] = cfg.model.max_positions  # not in the fingerprint: counted each time
+    report["cut_at_max_positions"] = over_max_positions(prepared.splits, cfg.model.max_positions)
+    log.log(logging.WARNING if lost(report) else logging.INFO, "%s", losses(report))
+    (run_dir / "data" / REPORT).write_text(json.dumps(report, indent=1))
+    if built:
+        (run_dir / "data" / FINGERPRINT).write_text(json.dumps(fingerprint, indent=1))  # last
     return prepared
+
+
+def over_max_positions(splits: datasets.DatasetDict, max_positions: int) -> dict[str, int]:
+    """Per role but train, the pairs longer than the model's positions: validation and
+    translation cut their source to max_positions - 1 tokens (EOS included) and their target to
+    max_positions. (Training pairs fit: the config keeps data.max_len + 2 <= max_positions.)"""
+    counts = {}
+    for role, rows in splits.items():
+        if role == "train":
+            continue
+        src = pc.greater(pc.list_value_length(rows.data.column("src_ids")), max_positions - 1)
+        tgt = pc.greater(pc.list_value_length(rows.data.column("tgt_ids")), max_positions)
+        counts[role] = int(pc.sum(pc.or_(src, tgt)).as_py() or 0)
+    return counts
+
+
+def lost(report: dict) -> bool:
+    return bool(report["dropped_max_len"] or any(report["cut_at_max_positions"].values()))
+
+
+def losses(report: dict) -> str:
+    """One line: the training pairs data.max_len dropped, the pairs max_positions cuts."""
+    pairs = {role: split["pairs"] for role, split in report["splits"].items()}
+    dropped = report["dropped_max_len"]
+    cut = ", ".join(f"{role} {count} of {pairs[role]}"
+                    for role, count in report["cut_at_max_positions"].items())
+    return (f"data.max_len ({report['max_len']} subwords) dropped {dropped} of "
+            f"{pairs['train'] + dropped} training pairs; pairs longer than model.max_positions "
+            f"({report['max_positions']}) allows, cut when validating or translating: {cut}")
 
 
 def load_prepared(run_dir: str | Path) -> Prepared:
@@ -91,13 +128,13 @@ def load_prepared(run_dir: str | Path) -> Prepared:
 
 
 def data_fingerprint(data: DataConfig) -> dict:
-    """What the encoded data depends on (data config, corpus files' sizes and mtimes) and its hash.
-
-    Hub corpora contribute only their name: the hub's own cache tracks their contents.
-    """
+    """What the encoded data depends on (data config, corpus files' sizes and mtimes, or a hub
+    dataset's own fingerprints) and its hash."""
     files = [[str(path.resolve()), path.stat().st_size, path.stat().st_mtime_ns]
              for pair in corpus_files(data).values() for path in pair]
     inputs = {"format": FORMAT, "data": dataclasses.asdict(data), "files": files}
+    if data.corpus.startswith("hub:"):
+        inputs["hub"] = hub_fingerprints(data)
     digest = hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()
     return {"hash": digest, **inputs}
 
@@ -116,9 +153,8 @@ def format_report(report: dict) -> str:
     tok = report["tokenizer"]
     vocab = (str(tok["src_vocab_size"]) if tok["joint"]
              else f"{tok['src_vocab_size']} src + {tok['tgt_vocab_size']} tgt")
-    dropped = report["dropped_max_len"]
     lines += [
-        f"training pairs over max_len ({report['max_len']} subwords) dropped: {dropped}",
+        losses(report),
         f"tokenizer: {'joint' if tok['joint'] else 'separate'} {tok['model_type']}, vocab {vocab}",
         f"{'reused the cache' if report['reused'] else 'built'} in {report['seconds']:.1f} s",
     ]

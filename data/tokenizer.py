@@ -11,6 +11,7 @@ import io
 import logging
 import os
 import re
+from collections import Counter
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -24,6 +25,7 @@ from mha.data.files import DataError
 log = logging.getLogger(__name__)
 
 JOINT_FILE, SRC_FILE, TGT_FILE = "spm.model", "src.model", "tgt.model"
+WORD_START = "\u2581"  # "▁": SentencePiece's mark for a space, part of the first piece of a word
 _TOO_BIG = re.compile(r"Vocabulary size (too high|is smaller than required_chars)[^\n]*")
 
 
@@ -68,6 +70,18 @@ class Tokenizer:
                 kept.append(token)
         return self._tgt.decode(kept)
 
+    def unknown_characters(self, texts: Iterable[str]) -> Counter[str]:
+        """The characters of texts that the source vocabulary lacks, with their counts: each is
+        encoded as UNK and comes out as "⁇". Characters are counted as SentencePiece sees them,
+        after its NFKC normalization: "e" + a combining acute accent is "é"."""
+        texts = list(texts)
+        unknown: Counter[str] = Counter()
+        for text, ids in zip(texts, self._src.encode(texts, out_type=int)):
+            if self.UNK in ids:  # only these lines are worth the character by character look
+                unknown.update(char for char in self._src.normalize(text)
+                               if char != WORD_START and self._src.piece_to_id(char) == self.UNK)
+        return unknown
+
     def src_pieces(self, text: str) -> list[str]:
         """The pieces of `encode_src([text])[0]`, EOS included: labels for attention pictures."""
         return [self._src.id_to_piece(token) for token in self.encode_src([text])[0]]
@@ -89,7 +103,7 @@ class Tokenizer:
             return cls(state["src_model"], None if state["joint"] else state["tgt_model"])
         except KeyError as error:
             raise DataError(
-                f"tokenizer state lacks {error.args[0]!r} (has: {sorted(state)})") from None
+                f"tokenizer state lacks {error.args[0]!r} (has: {sorted(state)})") from error
 
     def save(self, folder: Path) -> None:
         """Write spm.model (joint) or src.model and tgt.model into folder, replacing old ones."""
@@ -156,7 +170,7 @@ def _train_model(sentences: Iterator[str], data: DataConfig) -> bytes:
         if reason is None:
             raise
         raise DataError(f"data.vocab_size ({data.vocab_size}) does not fit this corpus: "
-                        f"SentencePiece says {reason[0]!r}") from None
+                        f"SentencePiece says {reason[0]!r}") from error
     return model.getvalue()
 
 

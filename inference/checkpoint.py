@@ -36,7 +36,8 @@ def load(path: Path) -> dict:
             OSError) as error:
         text = str(error).strip()
         first_line = text.splitlines()[0] if text else type(error).__name__
-        raise CheckpointError(f"checkpoint {path} is truncated or corrupt ({first_line})") from None
+        raise CheckpointError(
+            f"checkpoint {path} is truncated or corrupt ({first_line})") from error
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not an mha checkpoint (expected format {FORMAT})")
     missing = [key for key in REQUIRED if key not in state]

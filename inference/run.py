@@ -52,14 +52,14 @@ def load_model(
     try:
         cfg = from_dict(state["config"])
     except ConfigError as error:
-        raise CheckpointError(f"checkpoint {path} holds an unusable config: {error}") from None
+        raise CheckpointError(f"checkpoint {path} holds an unusable config: {error}") from error
     tokenizer = _tokenizer(state["tokenizer"], path)
     _check_run_agrees(run_dir, path, cfg, tokenizer)
     try:
         model = Transformer(cfg.model, tokenizer.src_vocab_size, tokenizer.tgt_vocab_size,
                             pad_id=Tokenizer.PAD)
     except ValueError as error:
-        raise CheckpointError(f"checkpoint {path}: {error}") from None
+        raise CheckpointError(f"checkpoint {path}: {error}") from error
     _load_weights(model, state["model"], path)
     log.debug("loaded %s (step %s) on %s", path, state["step"], target)
     return model.to(target).eval(), tokenizer, cfg
@@ -71,9 +71,10 @@ def _tokenizer(state: object, path: Path) -> Tokenizer:
     try:
         return Tokenizer.from_state(state)
     except DataError as error:
-        raise CheckpointError(f"checkpoint {path}: {error}") from None
+        raise CheckpointError(f"checkpoint {path}: {error}") from error
     except RuntimeError as error:  # SentencePiece refuses a damaged model proto
-        raise CheckpointError(f"checkpoint {path}: its tokenizer does not load ({error})") from None
+        raise CheckpointError(
+            f"checkpoint {path}: its tokenizer does not load ({error})") from error
 
 
 def _check_run_agrees(run_dir: Path, path: Path, cfg: Config, tokenizer: Tokenizer) -> None:
@@ -97,7 +98,7 @@ def _run_tokenizer(folder: Path) -> Tokenizer:
     try:
         return Tokenizer.load(folder)
     except RuntimeError as error:  # SentencePiece refuses a damaged model file
-        raise CheckpointError(f"the run's tokenizer in {folder} does not load ({error})") from None
+        raise CheckpointError(f"the run's tokenizer in {folder} does not load ({error})") from error
 
 
 def _load_weights(model: Transformer, weights: object, path: Path) -> None:
@@ -110,4 +111,4 @@ def _load_weights(model: Transformer, weights: object, path: Path) -> None:
         detail = " ".join(lines[1:]) or lines[0]
         detail = detail if len(detail) <= 300 else detail[:300] + "..."
         raise CheckpointError(f"checkpoint {path}: weights do not fit the model "
-                              f"({detail})") from None
+                              f"({detail})") from error

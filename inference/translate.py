@@ -11,6 +11,7 @@ Legend: B batch, S source length.
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Iterable, Iterator
 
 import torch
@@ -23,6 +24,7 @@ from mha.model.transformer import Transformer
 log = logging.getLogger(__name__)
 
 CHUNK_BATCHES = 16  # translate_lines sorts this many batches' worth of lines at a time
+UNKNOWN_SHOWN = 20  # a warning about unknown characters names at most this many
 
 
 def translate_lines(
@@ -102,6 +104,36 @@ def decode_ids(
                            length_penalty=decode_cfg.length_penalty, **limits)
     return greedy(model, src_ids, bos=Tokenizer.BOS, eos=Tokenizer.EOS, use_cache=use_cache,
                   **limits)
+
+
+def warn_unknown_characters(tokenizer: Tokenizer, lines: list[str], where: str) -> Counter[str]:
+    """One warning naming the characters of `lines` the tokenizer lacks (each is read as UNK and
+    translated as if unknown, shown as "⁇") with their counts; returns them (empty: no warning).
+
+    `where` names the input in the message: "test.de", "stdin lines 3-5", ...
+    """
+    unknown = tokenizer.unknown_characters(lines)
+    if unknown:
+        shown = [f"{char!r} U+{ord(char):04X} x{count}"
+                 for char, count in unknown.most_common(UNKNOWN_SHOWN)]
+        more = len(unknown) - UNKNOWN_SHOWN
+        total = sum(unknown.values())
+        log.warning("%s: %d character%s the tokenizer does not know, read as unknown (⁇): %s%s",
+                    where, total, "" if total == 1 else "s", ", ".join(shown),
+                    f" and {more} more" if more > 0 else "")
+    return unknown
+
+
+def warn_unknown_in_chunks(tokenizer: Tokenizer, chunks: Iterable[list[str]],
+                           name: str = "stdin") -> Iterator[list[str]]:
+    """Pass chunks of lines through, with one `warn_unknown_characters` line per chunk."""
+    first = 1
+    for chunk in chunks:
+        last = first + len(chunk) - 1
+        lines = f"line {first}" if last == first else f"lines {first}-{last}"
+        warn_unknown_characters(tokenizer, chunk, f"{name} {lines}")
+        first += len(chunk)
+        yield chunk
 
 
 def chunked(items: Iterator, size: int) -> Iterator[list]:

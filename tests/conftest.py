@@ -1,23 +1,44 @@
-"""Shared fixtures: the Multi30k folder beside the repo, a small slice of it, an isolated cache."""
+"""Shared fixtures: the Multi30k folder ($MHA_DATA_DIR, else ../shared/data/multi30k beside the
+repo), a small slice of it, an isolated cache."""
 
 from __future__ import annotations
 
 import gzip
+import os
 from pathlib import Path
 
 import pytest
 
 SMALL_LINES = 300
 SMALL_SPLITS = ("train", "val", "test_2016_flickr")
+# read once, at import: each test then runs without $MHA_DATA_DIR (see _isolated_env)
+MULTI30K = Path(os.environ.get("MHA_DATA_DIR")
+                or Path(__file__).parents[1].parent / "shared/data/multi30k").expanduser().resolve()
+MISSING = (f"Multi30k files not found in {MULTI30K} (set MHA_DATA_DIR to the folder that holds "
+           "train.de.gz)")
+
+
+def under_ci() -> bool:
+    return os.environ.get("CI", "").lower() in ("true", "1")
 
 
 @pytest.fixture(scope="session")
 def multi30k_dir() -> Path:
-    """../shared/data/multi30k relative to the repo root (read-only); skips when absent."""
-    folder = Path(__file__).parents[1].parent / "shared/data/multi30k"
-    if not (folder / "train.de.gz").is_file():
-        pytest.skip(f"Multi30k files not found in {folder}")
-    return folder
+    """The Multi30k folder (read-only). Missing, it skips the test, naming the folder; under
+    CI=true it fails it: a green CI run must have tested the pipeline on real data."""
+    if not (MULTI30K / "train.de.gz").is_file():
+        if under_ci():
+            pytest.fail(f"{MISSING}; CI=true needs the corpus", pytrace=False)
+        pytest.skip(MISSING)
+    return MULTI30K
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Say it after the run too: `-q` shows a count of skips, not why."""
+    skipped = [report for report in terminalreporter.stats.get("skipped", [])
+               if MISSING in str(report.longrepr)]
+    if skipped:
+        terminalreporter.write_line(f"{len(skipped)} tests skipped: {MISSING}", yellow=True)
 
 
 @pytest.fixture(scope="session")
@@ -49,7 +70,8 @@ def _datasets_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
 def _isolated_env(
     tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """No test sees the user's Multi30k cache or $MHA_DATA_DIR, or reaches the internet."""
+    """No code under test sees the user's Multi30k cache or $MHA_DATA_DIR (tests that need the
+    corpus take `multi30k_dir`), or reaches the internet."""
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("xdg_cache")))
     monkeypatch.delenv("MHA_DATA_DIR", raising=False)
     monkeypatch.setenv("MHA_MULTI30K_URL", "http://127.0.0.1:9/no-network-in-tests")

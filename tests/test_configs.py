@@ -124,14 +124,14 @@ BAD = [
     (["data.joint_vocab=1"], r"data\.joint_vocab: expected bool, got 1"),
     (["train.max_time=[1, 2]"], r"train\.max_time: expected str or null, got \[1, 2\]"),
     # sizes
-    (["model.d_model=0"], r"model\.d_model must be positive, got 0"),
-    (["model.heads=-1"], r"model\.heads must be positive, got -1"),
-    (["data.vocab_size=0"], r"data\.vocab_size must be positive, got 0"),
-    (["train.batch_tokens=0"], r"train\.batch_tokens must be positive, got 0"),
-    (["model.encoder_layers=0"], r"model\.encoder_layers must be positive, got 0"),
-    (["model.d_ff=-5"], r"model\.d_ff must be positive, got -5"),
-    (["train.lr=0"], r"train\.lr must be positive, got 0\.0"),
-    (["decode.beam=0"], r"decode\.beam must be positive, got 0"),
+    (["model.d_model=0"], r"model\.d_model must be >= 2, got 0"),
+    (["model.heads=-1"], r"model\.heads must be >= 1, got -1"),
+    (["data.vocab_size=0"], r"data\.vocab_size must be >= 6, got 0"),
+    (["train.batch_tokens=0"], r"train\.batch_tokens must be >= 3, got 0"),
+    (["model.encoder_layers=0"], r"model\.encoder_layers must be >= 1, got 0"),
+    (["model.d_ff=-5"], r"model\.d_ff must be >= 1, got -5"),
+    (["train.lr=0"], r"train\.lr must be > 0, got 0\.0"),
+    (["decode.beam=0"], r"decode\.beam must be >= 1, got 0"),
     (["train.warmup_steps=-1"], r"train\.warmup_steps must be >= 0, got -1"),
     (["train.clip_norm=-1"], r"train\.clip_norm must be >= 0, got -1\.0"),
     # relations
@@ -147,6 +147,16 @@ BAD = [
                                      r"\(known: train, val, test_2016_flickr\)")),
     (["data.tgt_lang=de"], r"data\.src_lang and data\.tgt_lang must differ, both are 'de'"),
     (["data.joint_vocab=false"], r"model\.tie_embeddings needs data\.joint_vocab: true"),
+    (["data.max_len=255"], (r"data\.max_len \(255\) \+ 2 must be at most model\.max_positions "
+                           r"\(256\): the longest training target \(BOS, 255 subwords, EOS\)")),
+    (["model.max_positions=101"], r"data\.max_len \(100\) \+ 2 must be at most model\.max_pos"),
+    (["train.batch_tokens=101"], (r"train\.batch_tokens \(101\) must be at least data\.max_len "
+                                 r"\(100\) \+ 2: the longest training target would not fit")),
+    (["model.d_model=63", "model.heads=1"], (r"model\.d_model \(63\) must be even with "
+                                             r"model\.positional: sinusoidal")),
+    (["decode.max_len_a=0.2", "decode.max_len_b=0"],
+     r"decode\.max_len_a \(0\.2\) \* 2 \+ decode\.max_len_b \(0\) must be at least 1"),
+    (["train.seed=4294967296"], r"train\.seed must be in \[0, 4294967295\], got 4294967296"),
     # choices and ranges
     (["model.norm=middle"], r"model\.norm must be one of pre, post, got 'middle'"),
     (["model.activation=tanh"], r"model\.activation must be one of relu, gelu, got 'tanh'"),
@@ -183,7 +193,7 @@ def test_every_problem_is_reported_at_once() -> None:
     assert len(found) == 7, found
     for expected in ("unknown key model.hedas", "model.heads (3) must divide model.d_model (100)",
                      "train.warmup_steps (1000) must be below train.max_steps (60)",
-                     "model.norm must be one of", "data.vocab_size must be positive",
+                     "model.norm must be one of", "data.vocab_size must be >= 6",
                      "train.lr: expected float, got 'high'", "model.dropout must be in [0, 1)"):
         assert sum(expected in line for line in found) == 1, (expected, found)
 
@@ -191,8 +201,8 @@ def test_every_problem_is_reported_at_once() -> None:
 def test_relations_are_not_checked_on_values_already_reported() -> None:
     with pytest.raises(ConfigError) as error:
         load_config("tiny", ["model.heads=0", "model.d_model=0"])
-    assert sorted(problems(error)) == ["model.d_model must be positive, got 0",
-                                       "model.heads must be positive, got 0"]
+    assert sorted(problems(error)) == ["model.d_model must be >= 2, got 0",
+                                       "model.heads must be >= 1, got 0"]
 
 
 def test_non_multi30k_corpus_skips_the_language_and_split_lists() -> None:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import logging
 import shutil
 from pathlib import Path
 
+import datasets
 import pytest
 from typer.testing import CliRunner
 
@@ -14,10 +17,12 @@ from mha.data.files import DataError
 from mha.data.prepare import Prepared, load_prepared, prepare
 
 
-def make_config(run_dir: Path, corpus: Path, **data: object) -> Config:
+def make_config(run_dir: Path, corpus: Path | str, max_positions: int = 1002,
+                **data: object) -> Config:
     """A config for corpus with a tiny vocabulary and (unless given) no max_len filtering."""
-    data = {"corpus": str(corpus), "vocab_size": 200, "max_len": 1000, **data}
-    return from_dict({"run_dir": str(run_dir), "data": data})
+    data = {"corpus": str(corpus), "vocab_size": 200, "max_len": max_positions - 2, **data}
+    return from_dict({"run_dir": str(run_dir), "data": data,
+                      "model": {"max_positions": max_positions}})
 
 
 @pytest.fixture(scope="module")
@@ -126,3 +131,57 @@ def test_bad_corpus_is_one_line_and_exit_2(
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ")
     assert "Traceback" not in result.output
+
+
+def test_pairs_lost_to_max_len_and_max_positions_are_counted(
+    prepared: Prepared, small_corpus: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture,
+) -> None:
+    natural = max(split[side]["max"] for split in prepared.report["splits"].values()
+                  for side in ("src_subwords", "tgt_subwords"))
+    assert natural < 150  # so only the long lines added below go over the limits
+    corpus = Path(shutil.copytree(small_corpus, tmp_path / "corpus"))
+    long_line = "Ein Hund " * 200  # 400 words: far more subwords than 150 or 202
+    added = {"train": (3, "de"), "val": (2, "en"), "test_2016_flickr": (1, "de")}
+    for split, (count, long_side) in added.items():
+        for lang in ("de", "en"):
+            line = long_line if lang == long_side else "Ein Hund."
+            with open(corpus / f"{split}.{lang}", "a", encoding="utf-8") as file:
+                file.write(f"{line}\n" * count)
+    with caplog.at_level(logging.INFO, logger="mha.data.prepare"):
+        report = prepare(make_config(tmp_path / "run", corpus, max_positions=202,
+                                     max_len=150)).report
+    assert report["dropped_max_len"] == 3 and report["splits"]["train"]["pairs"] == 300
+    assert report["cut_at_max_positions"] == {"val": 2, "test": 1}
+    line = ("data.max_len (150 subwords) dropped 3 of 303 training pairs; pairs longer than "
+            "model.max_positions (202) allows, cut when validating or translating: "
+            "val 2 of 302, test 1 of 301")
+    assert [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING] == [line]
+    stored = json.loads((tmp_path / "run" / "data" / "report.json").read_text())
+    assert stored["cut_at_max_positions"] == report["cut_at_max_positions"]
+    wider = prepare(make_config(tmp_path / "run", corpus, max_positions=1002, max_len=150))
+    assert wider.report["reused"]  # the data did not change, the count did
+    assert wider.report["cut_at_max_positions"] == {"val": 0, "test": 0}
+    result = CliRunner().invoke(app, ["tokenize", str(write_yaml(tmp_path, corpus)), "--set",
+                                      "data.max_len=150", "--set", "model.max_positions=202"])
+    assert result.exit_code == 0, result.output
+    assert line in result.stdout
+
+
+def test_a_changed_hub_dataset_rebuilds(small_corpus: Path, tmp_path: Path,
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    def split(name: str, extra: int = 0) -> datasets.Dataset:
+        sides = {lang: (small_corpus / f"{name}.{lang}").read_text(encoding="utf-8").splitlines()
+                 for lang in ("de", "en")}
+        return datasets.Dataset.from_dict({lang: lines + [f"Satz {i}." for i in range(extra)]
+                                           for lang, lines in sides.items()})
+
+    hub = {"train": split("train"), "validation": split("val"), "test": split("test_2016_flickr")}
+    monkeypatch.setattr(datasets, "load_dataset", lambda name, config=None: dict(hub))
+    splits = {"train": "train", "val": "validation", "test": "test"}
+    cfg = make_config(tmp_path / "run", "hub:someone/pairs", splits=splits)
+    assert not prepare(cfg).report["reused"]
+    assert prepare(cfg).report["reused"]
+    hub["train"] = split("train", extra=2)  # the dataset changed on the hub, not its name
+    changed = prepare(cfg)
+    assert not changed.report["reused"]
+    assert changed.splits["train"]["src"][-2:] == ["Satz 0.", "Satz 1."]

@@ -72,7 +72,7 @@ def restore(state: dict, cfg: Config, model, optimizer, scheduler, scaler) -> Pr
         optimizer.load_state_dict(state["optimizer"])
     except (RuntimeError, ValueError, KeyError) as error:
         raise CheckpointError(
-            f"cannot resume: checkpoint does not fit the model ({error})"[:300]) from None
+            f"cannot resume: checkpoint does not fit the model ({error})"[:300]) from error
     scheduler.load_state_dict(state["scheduler"])
     scaler.load_state_dict(state["scaler"])
     rng = state["rng"]
