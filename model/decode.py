@@ -5,6 +5,8 @@ Legend: B batch, K beam size, S source length, T target length, V vocabulary siz
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor
 
@@ -59,9 +61,14 @@ def greedy(
 def beam_search(
     model: Transformer, src_ids: Tensor, *, beam: int, bos: int, eos: int,
     max_len_a: float = 1.5, max_len_b: int = 10, length_penalty: float = 1.0,
+    on_step: Callable[[Tensor, Tensor], None] | None = None,
 ) -> list[list[int]]:
     """Keep the `beam` best prefixes per sentence; finished ones are ranked by
-    log-probability / length ** length_penalty. src_ids (B, S) -> B lists of ids."""
+    log-probability / length ** length_penalty. src_ids (B, S) -> B lists of ids.
+
+    on_step, when given, sees each step's live prefixes: tokens (B*K, step + 2), BOS first, and
+    their summed log-probabilities (B, K), -inf where a slot holds no prefix.
+    """
     B, K = src_ids.shape[0], beam
     src_pad_mask = padding_mask(src_ids, model.pad_id)
     memory = model.encode(src_ids, src_pad_mask).repeat_interleave(K, dim=0)  # (B*K, S, D)
@@ -93,11 +100,13 @@ def beam_search(
             best_live = new_scores[b].max().item() / int(limits[b]) ** length_penalty
             done[b] = step + 1 >= limits[b] or (
                 len(finished[b]) >= K and sorted(finished[b])[-K][0] >= best_live)
+        order = origin.view(-1)
+        tokens = torch.cat([tokens[order], new_tokens.view(-1, 1)], dim=1)  # (B*K, step + 2)
+        if on_step is not None:
+            on_step(tokens, new_scores)
         if all(done):
             break
-        order = origin.view(-1)
         cache.reorder(order)
-        tokens = torch.cat([tokens[order], new_tokens.view(-1, 1)], dim=1)  # (B*K, step + 2)
         scores = new_scores
     return [max(f)[1] if f else [] for f in finished]
 

@@ -83,10 +83,20 @@ class EncoderLayer(nn.Module):
         self.attn_block = Residual(cfg.d_model, cfg.dropout, pre)
         self.ff_block = Residual(cfg.d_model, cfg.dropout, pre)
 
-    def forward(self, x: Tensor, src_pad_mask: Tensor | None) -> Tensor:
-        """x (B, S, D), src_pad_mask (B, S) True at padding -> (B, S, D)."""
-        x = self.attn_block(x, lambda h: self.self_attn(h, h, h, key_padding_mask=src_pad_mask)[0])
-        return self.ff_block(x, self.feed_forward)
+    def forward(
+        self, x: Tensor, src_pad_mask: Tensor | None, need_weights: bool = False,
+    ) -> tuple[Tensor, Tensor | None]:
+        """x (B, S, D), src_pad_mask (B, S) True at padding -> (B, S, D), and with need_weights
+        the self-attention weights (B, H, S, S)."""
+        weights = {}
+
+        def self_attention(h: Tensor) -> Tensor:
+            out, weights["self"] = self.self_attn(
+                h, h, h, key_padding_mask=src_pad_mask, need_weights=need_weights)
+            return out
+
+        x = self.attn_block(x, self_attention)
+        return self.ff_block(x, self.feed_forward), weights["self"]
 
 
 class DecoderLayer(nn.Module):

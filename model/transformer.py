@@ -78,12 +78,20 @@ class Transformer(nn.Module):
         x = embedding(ids) * self.scale + self.positions(ids.shape[1], offset)  # (B, T, D)
         return self.dropout(x)
 
-    def encode(self, src_ids: Tensor, src_pad_mask: Tensor | None) -> Tensor:
-        """src_ids (B, S), src_pad_mask (B, S) True at padding -> memory (B, S, D)."""
+    def encode(
+        self, src_ids: Tensor, src_pad_mask: Tensor | None, need_weights: bool = False,
+    ) -> Tensor | tuple[Tensor, list[Tensor]]:
+        """src_ids (B, S), src_pad_mask (B, S) True at padding -> memory (B, S, D).
+
+        With need_weights, also returns each layer's self-attention weights (B, H, S, S).
+        """
         x = self._embed(self.src_embed, src_ids)
+        weights = []
         for layer in self.encoder:
-            x = layer(x, src_pad_mask)
-        return self.encoder_norm(x)
+            x, layer_weights = layer(x, src_pad_mask, need_weights)
+            weights.append(layer_weights)
+        memory = self.encoder_norm(x)
+        return (memory, weights) if need_weights else memory
 
     def decode(
         self, tgt_in: Tensor, memory: Tensor, src_pad_mask: Tensor | None,

@@ -1,0 +1,171 @@
+"""`mha explore`: one self-contained HTML page that shows a run's attention, sentence by sentence.
+
+For each sentence: translate it (greedy, or beam search recording the live prefixes), then one
+teacher-forced pass over BOS + output asks for every attention weight: encoder self-attention,
+decoder masked self-attention and encoder-decoder attention, each layer and head. The page
+(explore_page/: HTML, CSS and plain JavaScript, joined here) reads them from an inline JSON block
+and needs nothing from any server.
+
+The JSON (`format` 1): run, checkpoint, beam, model {d_model, heads, encoder_layers,
+decoder_layers} and sentences, each with
+    text, translation; src (S labels: source pieces and EOS); tgt_in (T labels: BOS and output);
+    tgt_out (T labels: output and EOS); weights {encoder (L, H, S, S), decoder (L, H, T, T),
+    cross (L, H, T, S)}, 4 decimals; steps: T of {chosen, candidates [[piece, p] x 5] and,
+    with a beam, beams [[text, log-probability], ...]}.
+Row t of decoder and cross weights is the position that reads tgt_in[t] and predicts tgt_out[t].
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import re
+from importlib.resources import files
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from mha.configs.schema import DecodeConfig
+from mha.data.corpus import DataError
+from mha.data.tokenizer import Tokenizer
+from mha.model.checkpoint import atomic_write, resolve
+from mha.model.decode import beam_search
+from mha.model.inference import load_model
+from mha.model.masks import padding_mask
+from mha.model.transformer import Transformer
+from mha.model.translate import decode_ids, encode_sources
+
+MAX_SENTENCES = 100
+DECIMALS = 4
+CANDIDATES = 5
+PAGE_FILES = ("page.html", "page.css", "figures.js", "page.js")
+
+
+def check_request(texts: list[str], output: Path) -> None:
+    """Refuse what would fail later, before the model loads: raises DataError for no sentence,
+    more than MAX_SENTENCES, or an output path whose folder does not exist."""
+    if not texts:
+        raise DataError("no sentence to explore: give TEXT arguments or --input FILE")
+    if len(texts) > MAX_SENTENCES:
+        raise DataError(f"{len(texts)} sentences, more than the page's limit of {MAX_SENTENCES}: "
+                        "explore a few at a time")
+    if not output.parent.is_dir():
+        raise DataError(f"cannot write {output}: folder {output.parent} does not exist")
+
+
+@torch.no_grad()
+def collect(
+    model: Transformer, tokenizer: Tokenizer, text: str, decode_cfg: DecodeConfig, beam: int = 1,
+) -> dict:
+    """One sentence's entry of the page's JSON (see the module docstring)."""
+    device = next(model.parameters()).device
+    source = encode_sources(tokenizer, [text], model.cfg.max_positions - 1)[0] or [Tokenizer.EOS]
+    beams: list[list] = []
+    if beam > 1:
+        output = _beam(model, tokenizer, source, beam, decode_cfg, beams)
+    else:
+        output = decode_ids(model, [source], beam=1, use_cache=True, decode_cfg=decode_cfg)[0]
+    src_ids = torch.tensor([source], device=device)  # (1, S)
+    tgt_in = torch.tensor([[Tokenizer.BOS, *output]], device=device)  # (1, T)
+    src_pad_mask = padding_mask(src_ids, model.pad_id)
+    memory, encoder = model.encode(src_ids, src_pad_mask, need_weights=True)  # (1, S, D)
+    logits, decoder = model.decode(tgt_in, memory, src_pad_mask, need_weights=True)  # (1, T, V)
+    tgt_out = tokenizer.tgt_pieces([*output, Tokenizer.EOS])
+    steps = _steps(tokenizer, logits[0], tgt_out)
+    for step, live in zip(steps, beams):
+        step["beams"] = live
+    return {
+        "text": text, "translation": tokenizer.decode_tgt(output),
+        "src": src_labels(tokenizer, text, len(source)),
+        "tgt_in": tokenizer.tgt_pieces([Tokenizer.BOS, *output]), "tgt_out": tgt_out,
+        "weights": {
+            "encoder": [_rounded(w[0]) for w in encoder],  # L x (H, S, S)
+            "decoder": [_rounded(self_w[0]) for self_w, _ in decoder],  # L x (H, T, T)
+            "cross": [_rounded(cross_w[0]) for _, cross_w in decoder],  # L x (H, T, S)
+        },
+        "steps": steps,
+    }
+
+
+def src_labels(tokenizer: Tokenizer, text: str, length: int) -> list[str]:
+    """The source's pieces and EOS, cut like encode_sources cuts a source that is too long."""
+    pieces = tokenizer.src_pieces(text.strip())
+    return pieces if len(pieces) <= length else pieces[:length - 1] + pieces[-1:]
+
+
+def _steps(tokenizer: Tokenizer, logits: Tensor, tgt_out: list[str]) -> list[dict]:
+    """Per output step: the chosen piece and the top candidates with their probabilities.
+    logits (T, V), from the teacher-forced pass: step t's distribution given tgt_in[:t + 1]."""
+    probs = logits.double().softmax(dim=-1)  # (T, V)
+    top = probs.topk(min(CANDIDATES, probs.shape[-1]), dim=-1)
+    steps = []
+    for t, (p, ids) in enumerate(zip(top.values.tolist(), top.indices.tolist())):
+        pieces = tokenizer.tgt_pieces(ids)
+        steps.append({"chosen": tgt_out[t],
+                      "candidates": [[piece, round(q, DECIMALS)] for piece, q in zip(pieces, p)]})
+    return steps
+
+
+def _beam(
+    model: Transformer, tokenizer: Tokenizer, source: list[int], beam: int,
+    decode_cfg: DecodeConfig, beams: list[list],
+) -> list[int]:
+    """Beam search one source; appends each step's live prefixes [[text, log-prob], ...]."""
+
+    def record(tokens: Tensor, scores: Tensor) -> None:
+        live = [[tokenizer.decode_tgt(ids), round(score, DECIMALS)]
+                for ids, score in zip(tokens.tolist(), scores[0].tolist()) if score > -1e30]
+        beams.append(sorted(live, key=lambda item: -item[1]))
+
+    device = next(model.parameters()).device
+    src_ids = torch.tensor([source], device=device)  # (1, S)
+    return beam_search(model, src_ids, beam=beam, bos=Tokenizer.BOS, eos=Tokenizer.EOS,
+                       max_len_a=decode_cfg.max_len_a, max_len_b=decode_cfg.max_len_b,
+                       length_penalty=decode_cfg.length_penalty, on_step=record)[0]
+
+
+def _rounded(weights: Tensor) -> list:
+    """(H, Tq, Tk) -> nested lists of floats with DECIMALS decimals; 0 and 1 as ints, shorter
+    in JSON (the decoder's masked half is all zeros)."""
+    scale = 10 ** DECIMALS
+    heads = (weights.double() * scale).round().div(scale).tolist()
+    return [[[int(w) if w in (0.0, 1.0) else w for w in row] for row in head] for head in heads]
+
+
+def page_html(data: dict, title: str = "mha explore") -> str:
+    """The page: HTML with its CSS, JavaScript and `data` (as JSON) inline."""
+    folder = files("mha.inference") / "explore_page"
+    template, css, *scripts = (folder.joinpath(name).read_text(encoding="utf-8")
+                               for name in PAGE_FILES)
+    # "<" only occurs inside JSON strings, where \u003c is the same character; so no
+    # "</script>" in a sentence can end the block early
+    payload = json.dumps(data, ensure_ascii=False, separators=(",", ":")).replace("<", "\\u003c")
+    parts = {"title": html.escape(title), "css": css, "js": "\n".join(scripts), "data": payload}
+    pieces = re.split(r"\{\{(title|css|js|data)\}\}", template)  # odd items are marker names
+    return "".join(parts[piece] if i % 2 else piece for i, piece in enumerate(pieces))
+
+
+def explore(
+    run_dir: Path, texts: list[str], output: Path, *, which: str = "best", beam: int | None = None,
+    device: str = "auto",
+) -> dict:
+    """Write the page for `texts` to `output` (atomically); returns its data.
+
+    Raises DataError for a bad request (see check_request), CheckpointError for a folder that
+    holds no usable run.
+    """
+    resolve(Path(run_dir), which)  # a folder that is not a run fails first, and fast
+    check_request(texts, output)
+    model, tokenizer, cfg = load_model(run_dir, which, device)
+    beam = beam or cfg.decode.beam
+    m = cfg.model
+    data = {
+        "format": 1, "run": str(run_dir), "checkpoint": which, "beam": beam,
+        "model": {"d_model": m.d_model, "heads": m.heads, "encoder_layers": m.encoder_layers,
+                  "decoder_layers": m.decoder_layers},
+        "sentences": [collect(model, tokenizer, text, cfg.decode, beam) for text in texts],
+    }
+    page = page_html(data, f"mha explore: {run_dir}").encode("utf-8")
+    atomic_write(output, lambda file: file.write(page))
+    return data
