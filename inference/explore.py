@@ -13,6 +13,7 @@ decoder_layers} and sentences, each with
     cross (L, H, T, S)}, 4 decimals; steps: T of {chosen, candidates [[piece, p] x 5] and,
     with a beam, beams [[text, log-probability], ...]}.
 Row t of decoder and cross weights is the position that reads tgt_in[t] and predicts tgt_out[t].
+An empty line is shown as the model sees it, EOS alone (`mha translate` skips such lines).
 """
 
 from __future__ import annotations

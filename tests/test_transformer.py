@@ -64,6 +64,37 @@ def test_cached_decoding_equals_full_recomputation_at_every_step():
         torch.testing.assert_close(step[:, 0], full[:, t], atol=1e-5, rtol=1e-5)
 
 
+def test_weights_on_request_cover_every_layer_and_change_no_output():
+    model = make()
+    src, tgt = random_ids(2, 7), random_ids(2, 5, seed=1)
+    src[1, 4:] = PAD
+    src_pad = src.eq(PAD)
+    memory, encoder = model.encode(src, src_pad, need_weights=True)
+    torch.testing.assert_close(memory, model.encode(src, src_pad), atol=1e-5, rtol=1e-5)
+    assert [tuple(w.shape) for w in encoder] == [(2, 4, 7, 7)] * 2  # (B, H, S, S) per layer
+    assert all(w[1, :, :, 4:].eq(0).all() for w in encoder)  # padding gets no weight
+    logits, decoder = model.decode(tgt, memory, src_pad, need_weights=True)
+    torch.testing.assert_close(logits, model.decode(tgt, memory, src_pad), atol=1e-5, rtol=1e-5)
+    shapes = [(tuple(self_w.shape), tuple(cross_w.shape)) for self_w, cross_w in decoder]
+    assert shapes == [((2, 4, 5, 5), (2, 4, 5, 7))] * 2
+
+
+def test_beam_search_shows_every_steps_live_prefixes_with_their_log_probabilities():
+    model, src = make(), random_ids(2, 6)
+    seen = []
+    out = beam_search(model, src, beam=3, bos=BOS, eos=EOS,
+                      on_step=lambda tokens, scores: seen.append((tokens, scores)))
+    assert out == beam_search(model, src, beam=3, bos=BOS, eos=EOS) and seen
+    for step, (tokens, scores) in enumerate(seen):
+        assert tokens.shape == (6, step + 2) and tokens[:, 0].eq(BOS).all()
+        assert scores.shape == (2, 3)
+        live = scores.isfinite().view(-1)
+        memory = model.encode(src, src.eq(PAD)).repeat_interleave(3, dim=0)[live]
+        log_probs = model.decode(tokens[live, :-1], memory, src.eq(PAD).repeat_interleave(3, 0)[live])
+        summed = log_probs.log_softmax(-1).gather(-1, tokens[live, 1:, None]).sum((1, 2))
+        torch.testing.assert_close(summed, scores.view(-1)[live], atol=1e-4, rtol=0)
+
+
 def test_greedy_with_and_without_cache_agree():
     model = make(seed=3)
     src = random_ids(4, 7)
