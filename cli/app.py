@@ -219,19 +219,22 @@ def _emit(lines, output_file: Path | None) -> None:
 @command
 def explore(
     run_dir: RunArg,
-    texts: Annotated[list[str] | None, typer.Argument(help="Sentences; or --input FILE.", show_default=False)] = None,
-    input_file: Annotated[Path | None, typer.Option("--input", help="Sentences from this file, one a line.")] = None,
-    output_file: Annotated[Path | None, typer.Option("--output", help="The page to write (default: RUN/explore.html).", show_default=False)] = None,
+    texts: Annotated[list[str] | None, typer.Argument(
+        help="Sentences; or --input FILE.", show_default=False)] = None,
+    input_file: Annotated[Path | None, typer.Option(
+        "--input", help="Sentences from this file, one a line (at most 100).")] = None,
+    output_file: Annotated[Path | None, typer.Option(
+        "--output", help="The page to write (default: RUN/explore.html).",
+        show_default=False)] = None,
     beam: BeamOpt = None,
     which: CheckpointOpt = "best",
     device: DeviceOpt = "auto",
 ) -> None:
-    """Write one self-contained HTML page showing every attention weight, step by step."""
-    from mha.data.corpus import read_lines
+    """Write one self-contained HTML page that shows every attention weight, step by step."""
+    from mha.data.files import read_lines
     from mha.inference.explore import explore as write_page
 
-    if texts and input_file:
-        fail("give sentences as arguments or with --input FILE, not both")
+    _check_sources(texts, input_file, None, False)
     lines = read_lines(input_file) if input_file else texts or []
     output = output_file or run_dir / "explore.html"
     data = write_page(run_dir, lines, output, which=which, beam=beam, device=device)

@@ -28,14 +28,15 @@ import torch
 from torch import Tensor
 
 from mha.configs.schema import DecodeConfig
-from mha.data.corpus import DataError
+from mha.data.files import DataError, atomic_write
 from mha.data.tokenizer import Tokenizer
-from mha.model.checkpoint import atomic_write, resolve
+from mha.inference.checkpoint import resolve
+from mha.inference.pictures import src_labels
+from mha.inference.run import load_model
+from mha.inference.translate import decode_ids, encode_sources
 from mha.model.decode import beam_search
-from mha.model.inference import load_model
 from mha.model.masks import padding_mask
 from mha.model.transformer import Transformer
-from mha.model.translate import decode_ids, encode_sources
 
 MAX_SENTENCES = 100
 DECIMALS = 4
@@ -61,7 +62,7 @@ def collect(
 ) -> dict:
     """One sentence's entry of the page's JSON (see the module docstring)."""
     device = next(model.parameters()).device
-    source = encode_sources(tokenizer, [text], model.cfg.max_positions - 1)[0] or [Tokenizer.EOS]
+    source = encode_sources(tokenizer, [text], model.cfg.max_tokens)[0] or [Tokenizer.EOS]
     beams: list[list] = []
     if beam > 1:
         output = _beam(model, tokenizer, source, beam, decode_cfg, beams)
@@ -87,12 +88,6 @@ def collect(
         },
         "steps": steps,
     }
-
-
-def src_labels(tokenizer: Tokenizer, text: str, length: int) -> list[str]:
-    """The source's pieces and EOS, cut like encode_sources cuts a source that is too long."""
-    pieces = tokenizer.src_pieces(text.strip())
-    return pieces if len(pieces) <= length else pieces[:length - 1] + pieces[-1:]
 
 
 def _steps(tokenizer: Tokenizer, logits: Tensor, tgt_out: list[str]) -> list[dict]:

@@ -54,7 +54,7 @@ def attention_weights(
     _, weights = model.decode(tgt_in, memory, src_pad_mask, need_weights=True)
     return Attention(
         translation=tokenizer.decode_tgt(output),
-        src_pieces=_src_pieces(tokenizer, text, len(source)),
+        src_pieces=src_labels(tokenizer, text, len(source)),
         tgt_in_pieces=tokenizer.tgt_pieces([Tokenizer.BOS, *output]),
         tgt_out_pieces=tokenizer.tgt_pieces([*output, Tokenizer.EOS]),
         cross=[cross[0].cpu() for _, cross in weights],  # each (H, T, S)
@@ -90,7 +90,7 @@ def plot_attention(attention: Attention, path: Path | None = None, *,
     return figure
 
 
-def _src_pieces(tokenizer: Tokenizer, text: str, length: int) -> list[str]:
+def src_labels(tokenizer: Tokenizer, text: str, length: int) -> list[str]:
     """The source's subwords and EOS, cut like the source was when it was too long."""
     pieces = tokenizer.src_pieces(text.strip())
     return pieces if len(pieces) <= length else pieces[:length - 1] + pieces[-1:]

@@ -64,11 +64,9 @@ def beam_search(
     on_step: Callable[[Tensor, Tensor], None] | None = None,
 ) -> list[list[int]]:
     """Keep the `beam` best prefixes per sentence; finished ones are ranked by
-    log-probability / length ** length_penalty. src_ids (B, S) -> B lists of ids.
-
-    on_step, when given, sees each step's live prefixes: tokens (B*K, step + 2), BOS first, and
-    their summed log-probabilities (B, K), -inf where a slot holds no prefix.
-    """
+    log-probability / length ** length_penalty. src_ids (B, S) -> B lists of ids. on_step, if
+    given, sees each step's live prefixes: tokens (B*K, step + 2), BOS first, and their summed
+    log-probabilities (B, K), -inf in an empty slot."""
     B, K = src_ids.shape[0], beam
     src_pad_mask = padding_mask(src_ids, model.pad_id)
     memory = model.encode(src_ids, src_pad_mask).repeat_interleave(K, dim=0)  # (B*K, S, D)

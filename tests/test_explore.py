@@ -13,7 +13,9 @@ from mha.configs.schema import load_config
 from mha.inference.explore import MAX_SENTENCES, collect, page_html
 from mha.model.transformer import Transformer
 
-tiny_run, loaded, _one_thread = test_translate.tiny_run, test_translate.loaded, test_translate._one_thread
+# the translate tests' fixtures: one tiny trained run per session, loaded; one torch thread
+tiny_run, loaded = test_translate.tiny_run, test_translate.loaded
+_one_thread = test_translate._one_thread
 
 # 20 words; at the tiny run's 200-piece vocabulary they make 35 pieces, more than the preset's
 # 6000 pieces would

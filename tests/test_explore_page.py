@@ -25,7 +25,9 @@ from mha.model.attention import MultiHeadAttention
 from mha.model.decode import greedy
 from mha.model.transformer import Transformer
 
-tiny_run, loaded, _one_thread = test_translate.tiny_run, test_translate.loaded, test_translate._one_thread
+# the translate tests' fixtures: one tiny trained run per session, loaded; one torch thread
+tiny_run, loaded = test_translate.tiny_run, test_translate.loaded
+_one_thread = test_translate._one_thread
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARGS = ["--disable-background-networking", "--no-sandbox", "--disable-gpu", "--no-first-run",
@@ -120,8 +122,8 @@ def test_every_view_of_every_sentence_renders_offline_without_errors(explored, o
                     show(opened, view=view)
                     assert opened.page.is_visible(f"#{view}-view")
                     if sentence in (0, 3, 4) and kind == "cross":
-                        shot = tmp_path / f"s{sentence}_{kind}_{view}_{'words' if merge else 'pieces'}.png"
-                        opened.page.screenshot(path=shot, full_page=True)
+                        name = f"s{sentence}_{view}_{'words' if merge else 'pieces'}.png"
+                        opened.page.screenshot(path=tmp_path / name, full_page=True)
     assert opened.requests == [explored.as_uri()]  # the page itself, nothing else
     assert opened.errors == []
     assert state(opened, "data.sentences[3].text") == OOV  # markup in a sentence stays text

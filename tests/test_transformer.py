@@ -89,8 +89,9 @@ def test_beam_search_shows_every_steps_live_prefixes_with_their_log_probabilitie
         assert tokens.shape == (6, step + 2) and tokens[:, 0].eq(BOS).all()
         assert scores.shape == (2, 3)
         live = scores.isfinite().view(-1)
+        src_pad = src.eq(PAD).repeat_interleave(3, dim=0)[live]  # (N, S) for the N live rows
         memory = model.encode(src, src.eq(PAD)).repeat_interleave(3, dim=0)[live]
-        log_probs = model.decode(tokens[live, :-1], memory, src.eq(PAD).repeat_interleave(3, 0)[live])
+        log_probs = model.decode(tokens[live, :-1], memory, src_pad)  # (N, step + 1, V)
         summed = log_probs.log_softmax(-1).gather(-1, tokens[live, 1:, None]).sum((1, 2))
         torch.testing.assert_close(summed, scores.view(-1)[live], atol=1e-4, rtol=0)
 
