@@ -243,6 +243,20 @@ def explore(
 
 
 @command
+def compare(
+    run_dirs: Annotated[list[Path], typer.Argument(help="Run folders made by `mha train`.")],
+    output_file: Annotated[Path, typer.Option(
+        "--output", help="The picture (.png) or a page with picture and table (.html).")]
+    = Path("compare.png"),
+) -> None:
+    """Runs side by side: validation BLEU and loss by updates and by minutes, and a table."""
+    from mha.training.compare import compare as compare_runs
+
+    typer.echo(compare_runs(run_dirs, output_file))
+    typer.echo(f"curves in {output_file}")
+
+
+@command
 def eval(  # the command's name; shadows the builtin only inside this module
     run_dir: RunArg,
     split: Annotated[str, typer.Option(
@@ -273,15 +287,18 @@ def eval(  # the command's name; shadows the builtin only inside this module
     beam = beam or cfg.decode.beam
     decoding = "greedy" if beam == 1 else f"beam{beam}"
     hyp_path = output_file or run_dir / "eval" / f"{name}.{decoding}.hyp"
+    result_path = run_dir / "eval" / f"{name}.{decoding}.json"  # read by `mha compare`
     result = evaluate(model, tokenizer, sources, references, beam=beam, decode_cfg=cfg.decode,
-                      batch_size=batch_size or cfg.decode.batch_size, hyp_path=hyp_path)
+                      batch_size=batch_size or cfg.decode.batch_size, hyp_path=hyp_path,
+                      result_path=result_path)
     if as_json:
         typer.echo(json.dumps(result))
         return
     typer.echo(f"{result['bleu_text']}\n  {result['signature']['bleu']}")
     typer.echo(f"{result['chrf_text']}\n  {result['signature']['chrf']}")
     typer.echo(f"{result['sentences']} sentences in {result['seconds']:.1f} s "
-               f"({result['sentences_per_second']} sentences/s); hypotheses in {hyp_path}")
+               f"({result['sentences_per_second']} sentences/s); hypotheses in {hyp_path}, "
+               f"scores in {result_path}")
 
 
 def main() -> None:

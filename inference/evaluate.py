@@ -6,6 +6,7 @@ papers and tokenizers, and each comes with the signature that says how it was co
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from pathlib import Path
@@ -13,7 +14,7 @@ from pathlib import Path
 from sacrebleu.metrics import BLEU, CHRF
 
 from mha.configs.schema import DecodeConfig
-from mha.data.files import DataError, read_lines, write_lines
+from mha.data.files import DataError, atomic_write, read_lines, write_lines
 from mha.data.tokenizer import Tokenizer
 from mha.inference.translate import translate_lines
 from mha.model.transformer import Transformer
@@ -70,8 +71,10 @@ def eval_set(
 def evaluate(
     model: Transformer, tokenizer: Tokenizer, sources: list[str], references: list[str], *,
     batch_size: int, beam: int, decode_cfg: DecodeConfig, hyp_path: Path | None = None,
+    result_path: Path | None = None,
 ) -> dict:
-    """Translate sources, score against references, write the hypotheses (atomically) to hyp_path.
+    """Translate sources, score against references, write the hypotheses (atomically) to hyp_path
+    and the returned dict as JSON (atomically) to result_path, for `mha compare` to read.
 
     Returns score()'s keys plus sentences, seconds, sentences_per_second, beam and hypotheses.
     """
@@ -83,6 +86,10 @@ def evaluate(
     if hyp_path is not None:
         write_lines(hyp_path, hypotheses)
         log.debug("wrote %d hypotheses to %s", len(hypotheses), hyp_path)
-    return {**result, "sentences": len(sources), "seconds": round(seconds, 3),
-            "sentences_per_second": round(len(sources) / max(seconds, 1e-9), 1), "beam": beam,
-            "hypotheses": str(hyp_path) if hyp_path is not None else None}
+    result = {**result, "sentences": len(sources), "seconds": round(seconds, 3),
+              "sentences_per_second": round(len(sources) / max(seconds, 1e-9), 1), "beam": beam,
+              "hypotheses": str(hyp_path) if hyp_path is not None else None}
+    if result_path is not None:
+        text = json.dumps(result, indent=1).encode("utf-8")
+        atomic_write(result_path, lambda file: file.write(text))
+    return result

@@ -34,6 +34,8 @@ def test_eval_of_the_test_split_prints_scores_and_writes_hypotheses(run_copy):
     assert lines[2].startswith("chrF2 = ") and "nc:6" in lines[3]
     hypotheses = (run_copy / "eval" / "test.greedy.hyp").read_text(encoding="utf-8").splitlines()
     assert len(hypotheses) == 300 and str(run_copy / "eval" / "test.greedy.hyp") in lines[4]
+    saved = json.loads((run_copy / "eval" / "test.greedy.json").read_text(encoding="utf-8"))
+    assert lines[0] == saved["bleu_text"] and saved["sentences"] == 300 and saved["beam"] == 1
 
 
 def test_eval_json_from_files_with_a_beam(run_copy, tmp_path):
@@ -46,6 +48,7 @@ def test_eval_json_from_files_with_a_beam(run_copy, tmp_path):
     assert {"bleu", "chrf", "signature", "sentences", "seconds"} <= report.keys()
     assert report["sentences"] == 3 and report["beam"] == 2
     assert len((run_copy / "eval" / "few.de.beam2.hyp").read_text().splitlines()) == 3
+    assert json.loads((run_copy / "eval" / "few.de.beam2.json").read_text()) == report
     result = invoke("eval", run_copy, "--src-file", src, "--ref-file", ref, "--output", hyp)
     assert result.exit_code == 0, result.output
     assert len(hyp.read_text().splitlines()) == 3

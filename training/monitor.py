@@ -13,7 +13,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from mha.configs.schema import TrainConfig
-from mha.data.files import atomic_write
+from mha.data.files import DataError, atomic_write
 from mha.training.state import Progress, Update
 
 log = logging.getLogger(__name__)
@@ -34,9 +34,7 @@ class Monitor:
         self.path, self.picture = run_dir / "metrics.jsonl", run_dir / "curves.png"
         self.records: list[dict] = []
         if resumed_step is not None and self.path.is_file():
-            lines = self.path.read_text(encoding="utf-8").splitlines()
-            records = map(json.loads, filter(None, lines))
-            self.records = [r for r in records if r["step"] <= resumed_step]
+            self.records = [r for r in read_metrics(self.path) if r["step"] <= resumed_step]
         text = "".join(json.dumps(r) + "\n" for r in self.records)
         atomic_write(self.path, lambda file: file.write(text.encode()))
         self.file = self.path.open("a", encoding="utf-8")
@@ -99,6 +97,26 @@ class Monitor:
         self.file.close()
         if self.tensorboard is not None:
             self.tensorboard.close()
+
+
+def read_metrics(path: Path) -> list[dict]:
+    """The records of a metrics.jsonl. Raises DataError naming a line that is not a record."""
+    records = []
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as error:
+        raise DataError(f"cannot read {path} ({error})") from None
+    for number, line in enumerate(lines, 1):
+        try:
+            record = json.loads(line) if line.strip() else None
+        except ValueError:
+            record = {}
+        if record is None:
+            continue
+        if not isinstance(record, dict) or not isinstance(record.get("step"), int):
+            raise DataError(f"{path}, line {number}: not a metrics record (JSON with a step)")
+        records.append(record)
+    return records
 
 
 def _tensorboard(run_dir: Path):
