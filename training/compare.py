@@ -41,21 +41,35 @@ class Run:
     def validations(self) -> list[dict]:
         return [r for r in self.records if "val_bleu" in r]
 
-    def bleu_at(self, step: int) -> float | None:
+    @property
+    def updates(self) -> int:
+        return max((r["step"] for r in self.records), default=0)
+
+    @property
+    def minutes(self) -> float:
+        return max((r["elapsed"] for r in self.records), default=0.0) / 60
+
+    @property
+    def tokens_per_s(self) -> float | None:
+        speeds = [r["tokens_per_s"] for r in self.records if "tokens_per_s" in r]
+        return statistics.median(speeds) if speeds else None
+
+    @property
+    def best(self) -> dict | None:
+        """The validation record with the highest BLEU."""
+        return max(self.validations, key=lambda r: r["val_bleu"], default=None)
+
+    def bleu_at(self, step: int | None) -> float | None:
         return next((r["val_bleu"] for r in self.validations if r["step"] == step), None)
 
     def row(self, common: int | None) -> list[str]:
         """The table row; common is the step every run validated at (None: no such step)."""
-        m, train = self.cfg.model, [r for r in self.records if "tokens_per_s" in r]
-        best = max(self.validations, key=lambda r: r["val_bleu"], default=None)
-        at_common = self.bleu_at(common) if common is not None else None
+        m, best, at_common = self.cfg.model, self.best, self.bleu_at(common)
         return [
             self.name, f"{self.parameters / 1e6:.2f}M", str(m.heads), str(m.d_model // m.heads),
-            f"{m.encoder_layers}+{m.decoder_layers}",
-            str(max((r["step"] for r in self.records), default=0)),
-            f"{statistics.median(r['tokens_per_s'] for r in train):,.0f}" if train else "-",
-            f"{max((r['elapsed'] for r in self.records), default=0) / 60:.1f}",
-            f"{best['val_bleu']:.2f} ({best['step']})" if best else "-",
+            f"{m.encoder_layers}+{m.decoder_layers}", str(self.updates),
+            f"{self.tokens_per_s:,.0f}" if self.tokens_per_s is not None else "-",
+            f"{self.minutes:.1f}", f"{best['val_bleu']:.2f} ({best['step']})" if best else "-",
             f"{at_common:.2f}" if at_common is not None else "-",
             f"{self.test[0]:.2f} ({self.test[1]})" if self.test else "-",
         ]
