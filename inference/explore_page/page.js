@@ -199,7 +199,8 @@ function renderHead() {
       if (w < LINE_MIN) return;
       svg.append(element("line", {
         x1: leftX + 6, y1: y(i) - 4, x2: rightX - 6, y2: y(j) - 4, stroke: set.colour,
-        "stroke-width": 2, "stroke-opacity": w.toFixed(4), "data-row": i, "data-col": j,
+        "stroke-width": 2, "stroke-opacity": w.toFixed(4), "data-weight": w, "data-row": i,
+        "data-col": j,
         "data-head": set.head, class: "line",
       }, null, SVG));
     }));
@@ -218,16 +219,21 @@ function renderHead() {
   hover(state.hover && state.hover.side ? state.hover : null);
 }
 
+// Light the lines of the hovered token, dim the rest. A lit line's opacity is its weight over
+// the heaviest lit line's, so a spread-out row still shows which keys lead.
 function hover(target) {
   state.hover = target;
+  const lines = Array.from($("lines").querySelectorAll("line.line"));
+  const on = lines.map((line) => Boolean(target) &&
+    Number(target.side === "left" ? line.dataset.row : line.dataset.col) === target.index);
+  const heaviest = Math.max(0, ...lines.filter((_, n) => on[n]).map((l) => Number(l.dataset.weight)));
   const lit = [];
-  for (const line of $("lines").querySelectorAll("line.line")) {
-    const index = target && Number(target.side === "left" ? line.dataset.row : line.dataset.col);
-    const on = Boolean(target) && index === target.index;
-    line.classList.toggle("hl", on);
-    line.classList.toggle("dim", Boolean(target) && !on);
-    if (on) lit.push(`${line.dataset.head}:${line.dataset.row}:${line.dataset.col}`);
-  }
+  lines.forEach((line, n) => {
+    line.classList.toggle("hl", on[n]);
+    line.classList.toggle("dim", Boolean(target) && !on[n]);
+    line.style.strokeOpacity = on[n] ? String(Number(line.dataset.weight) / heaviest) : "";
+    if (on[n]) lit.push(`${line.dataset.head}:${line.dataset.row}:${line.dataset.col}`);
+  });
   for (const node of $("lines").querySelectorAll("text.token")) {
     const side = node.classList.contains("left") ? "left" : "right";
     node.classList.toggle("hl", Boolean(target) && side === target.side &&
