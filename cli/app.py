@@ -219,13 +219,10 @@ def _emit(lines, output_file: Path | None) -> None:
 @command
 def explore(
     run_dir: RunArg,
-    texts: Annotated[list[str] | None, typer.Argument(
-        help="Sentences; or --input FILE.", show_default=False)] = None,
-    input_file: Annotated[Path | None, typer.Option(
-        "--input", help="Sentences from this file, one a line (at most 100).")] = None,
+    texts: Annotated[list[str] | None, typer.Argument(help="Sentences", show_default=False)] = None,
+    input_file: Annotated[Path | None, typer.Option("--input", help="A sentence a line.")] = None,
     output_file: Annotated[Path | None, typer.Option(
-        "--output", help="The page to write (default: RUN/explore.html).",
-        show_default=False)] = None,
+        "--output", help="The page (default: RUN/explore.html).", show_default=False)] = None,
     beam: BeamOpt = None,
     which: CheckpointOpt = "best",
     device: DeviceOpt = "auto",
@@ -237,23 +234,21 @@ def explore(
     _check_sources(texts, input_file, None, False)
     lines = read_lines(input_file) if input_file else texts or []
     output = output_file or run_dir / "explore.html"
-    data = write_page(run_dir, lines, output, which=which, beam=beam, device=device)
-    count = len(data["sentences"])
-    typer.echo(f"{output}: {count} sentence{'s' * (count != 1)}; open it in a browser")
+    write_page(run_dir, lines, output, which=which, beam=beam, device=device,
+               name=str(input_file or "the arguments"))
+    typer.echo(f"{output}: {len(lines)} of at most 100 sentences; open it in a browser")
 
 
 @command
 def compare(
     run_dirs: Annotated[list[Path], typer.Argument(help="Run folders made by `mha train`.")],
     output_file: Annotated[Path, typer.Option(
-        "--output", help="The picture (.png) or a page with picture and table (.html).")]
-    = Path("compare.png"),
+        "--output", help="A picture (.png), or a page with a table (.html)")] = Path("compare.png"),
 ) -> None:
     """Runs side by side: validation BLEU and loss by updates and by minutes, and a table."""
     from mha.training.compare import compare as compare_runs
 
-    typer.echo(compare_runs(run_dirs, output_file))
-    typer.echo(f"curves in {output_file}")
+    typer.echo(f"{compare_runs(run_dirs, output_file)}\ncurves in {output_file}")
 
 
 @command

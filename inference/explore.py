@@ -33,7 +33,7 @@ from mha.data.tokenizer import Tokenizer
 from mha.inference.checkpoint import resolve
 from mha.inference.pictures import src_labels
 from mha.inference.run import load_model
-from mha.inference.translate import decode_ids, encode_sources
+from mha.inference.translate import decode_ids, encode_sources, warn_unknown_characters
 from mha.model.decode import beam_search
 from mha.model.masks import padding_mask
 from mha.model.transformer import Transformer
@@ -144,9 +144,10 @@ def page_html(data: dict, title: str = "mha explore") -> str:
 
 def explore(
     run_dir: Path, texts: list[str], output: Path, *, which: str = "best", beam: int | None = None,
-    device: str = "auto",
+    device: str = "auto", name: str = "the sentences",
 ) -> dict:
-    """Write the page for `texts` to `output` (atomically); returns its data.
+    """Write the page for `texts` to `output` (atomically); returns its data. Characters the
+    tokenizer lacks are named in one warning, as `mha translate` does (`name` says where from).
 
     Raises DataError for a bad request (see check_request), CheckpointError for a folder that
     holds no usable run.
@@ -154,6 +155,7 @@ def explore(
     resolve(Path(run_dir), which)  # a folder that is not a run fails first, and fast
     check_request(texts, output)
     model, tokenizer, cfg = load_model(run_dir, which, device)
+    warn_unknown_characters(tokenizer, texts, name)
     beam = beam or cfg.decode.beam
     m = cfg.model
     data = {

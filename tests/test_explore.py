@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import re
 
 import test_translate
@@ -36,7 +37,7 @@ def test_the_page_holds_every_sentence_with_four_decimals(tiny_run, tmp_path):
     page = tmp_path / "page.html"
     result = invoke("explore", tiny_run, "--input", source, "--output", page)
     assert result.exit_code == 0, result.output
-    assert result.stdout.strip() == f"{page}: 3 sentences; open it in a browser"
+    assert result.stdout.strip() == f"{page}: 3 of at most 100 sentences; open it in a browser"
     data = page_data(page)
     assert [s["text"] for s in data["sentences"]] == [SENTENCES[0], "", SENTENCES[1]]
     assert data["sentences"][1]["src"] == ["</s>"]  # an empty line: the model reads EOS alone
@@ -48,6 +49,16 @@ def test_the_page_holds_every_sentence_with_four_decimals(tiny_run, tmp_path):
             assert torch.equal((weights * 1e4).round() / 1e4, weights)
         assert len(sentence["steps"]) == len(sentence["tgt_out"])
         assert all(len(step["candidates"]) == 5 for step in sentence["steps"])
+
+
+def test_unknown_characters_are_named_once_and_still_explored(tiny_run, tmp_path, caplog):
+    page = tmp_path / "page.html"
+    with caplog.at_level(logging.WARNING):
+        result = invoke("explore", tiny_run, "Ein Hund 😀 bellt 😀.", "中", "--output", page)
+    assert result.exit_code == 0, result.output
+    warnings = [r.getMessage() for r in caplog.records if "does not know" in r.getMessage()]
+    assert len(warnings) == 1 and warnings[0].startswith("the arguments: 3 characters")
+    assert "<unk>" in page_data(page)["sentences"][1]["src"]
 
 
 def test_a_twenty_word_sentence_at_the_preset_size_stays_under_a_megabyte(loaded):

@@ -10,13 +10,13 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import math
-import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 import test_translate
 import torch
+from conftest import under_ci
 from test_translate import SENTENCES, invoke
 
 from mha.data.tokenizer import Tokenizer
@@ -43,7 +43,7 @@ def browser():
     if not CHROMIUM.is_file() or importlib.util.find_spec("playwright") is None:
         message = (f"the page tests need Chromium at {CHROMIUM} (apt-get install chromium) and "
                    "the playwright package (pip install -e '.[test]')")
-        if os.environ.get("CI") == "true":
+        if under_ci():
             pytest.fail(message)
         pytest.skip(message)
     from playwright.sync_api import sync_playwright
