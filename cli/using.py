@@ -1,0 +1,160 @@
+"""Commands that use a trained model: translate, eval, explore."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from mha.cli.app import command, fail
+
+RunArg = Annotated[Path, typer.Argument(help="A run folder made by `mha train`.")]
+CheckpointOpt = Annotated[str, typer.Option(
+    "--checkpoint", help="best, last or a checkpoint path.")]
+DeviceOpt = Annotated[str, typer.Option(
+    "--device", help="auto (cuda when available), cpu or cuda.")]
+BeamOpt = Annotated[int | None, typer.Option(
+    "--beam", min=1, help="Beam size; 1 is greedy (default: the run's decode.beam).")]
+BatchOpt = Annotated[int | None, typer.Option(
+    "--batch-size", min=1, help="Sentences per batch (default: the run's decode.batch_size).")]
+
+
+@command
+def translate(
+    run_dir: RunArg,
+    texts: Annotated[list[str] | None, typer.Argument(
+        help="Sentences; without them, --input or stdin.", show_default=False)] = None,
+    input_file: Annotated[Path | None, typer.Option(
+        "--input", help="Translate this file, a sentence a line.")] = None,
+    output_file: Annotated[Path | None, typer.Option(
+        "--output", help="Write here (atomically), not stdout.")] = None,
+    which: CheckpointOpt = "best",
+    batch_size: BatchOpt = None,
+    beam: BeamOpt = None,
+    no_cache: Annotated[bool, typer.Option(
+        "--no-cache", help="Greedy without the KV cache (same output, slower).")] = False,
+    device: DeviceOpt = "auto",
+    attention: Annotated[Path | None, typer.Option(
+        "--attention", help="Draw the sentence's attention into this PNG.")] = None,
+    self_attention: Annotated[bool, typer.Option(
+        "--self-attention", help="With --attention, draw self-attention too.")] = False,
+) -> None:
+    """Translate sentences from the arguments, a file or stdin: one output line per input line."""
+    from mha.cli.stdin import stdin_chunks
+    from mha.data.files import read_lines
+    from mha.inference.run import load_model
+    from mha.inference.translate import (
+        translate_chunks,
+        translate_lines,
+        warn_unknown_characters,
+        warn_unknown_in_chunks,
+    )
+
+    _check_sources(texts, input_file, attention, self_attention)
+    lines = read_lines(input_file) if input_file else texts  # fails before the model loads
+    model, tokenizer, cfg = load_model(run_dir, which, device)
+    if lines is not None:
+        warn_unknown_characters(tokenizer, lines, str(input_file or "the arguments"))
+    options = {"batch_size": batch_size or cfg.decode.batch_size, "beam": beam or cfg.decode.beam,
+               "use_cache": not no_cache, "decode_cfg": cfg.decode}
+    if attention:
+        from mha.inference.pictures import attention_weights, plot_attention
+
+        weights = attention_weights(model, tokenizer, texts[0], cfg.decode, options["beam"])
+        plot_attention(weights, attention, self_attention=self_attention)
+        outputs = [weights.translation]  # decoded once, for the picture and the answer
+    elif lines is not None:
+        outputs = translate_lines(model, tokenizer, lines, **options)
+    else:
+        chunks = warn_unknown_in_chunks(tokenizer, stdin_chunks(options["batch_size"]))
+        outputs = translate_chunks(model, tokenizer, chunks, **options)
+    _emit(outputs, output_file)
+
+
+def _check_sources(texts: list[str] | None, input_file: Path | None, attention: Path | None,
+                   self_attention: bool) -> None:
+    if texts and input_file:
+        fail("give sentences as arguments or with --input FILE, not both")
+    if (attention or self_attention) and (attention is None or len(texts or []) != 1):
+        fail("--attention FILE.png draws one sentence: give exactly one TEXT "
+             "(and --self-attention only with it)")
+
+
+def _emit(lines, output_file: Path | None) -> None:
+    """To stdout, flushed line by line (a pipe gets each answer as it is ready), or a file."""
+    if output_file is None:
+        for line in lines:
+            typer.echo(line)
+        return
+    from mha.data.files import write_lines
+
+    write_lines(output_file, lines)
+
+
+@command
+def explore(
+    run_dir: RunArg,
+    texts: Annotated[list[str] | None, typer.Argument(help="Sentences", show_default=False)] = None,
+    input_file: Annotated[Path | None, typer.Option("--input", help="A sentence a line.")] = None,
+    output_file: Annotated[Path | None, typer.Option(
+        "--output", help="The page (default: RUN/explore.html).", show_default=False)] = None,
+    beam: BeamOpt = None,
+    which: CheckpointOpt = "best",
+    device: DeviceOpt = "auto",
+) -> None:
+    """Write one self-contained HTML page that shows every attention weight, step by step."""
+    from mha.data.files import read_lines
+    from mha.inference.explore import explore as write_page
+
+    _check_sources(texts, input_file, None, False)
+    lines = read_lines(input_file) if input_file else texts or []
+    output = output_file or run_dir / "explore.html"
+    write_page(run_dir, lines, output, which=which, beam=beam, device=device,
+               name=str(input_file or "the arguments"))
+    typer.echo(f"{output}: {len(lines)} of at most 100 sentences; open it in a browser")
+
+
+@command
+def eval(  # the command's name; shadows the builtin only inside this module
+    run_dir: RunArg,
+    split: Annotated[str, typer.Option(
+        "--split", help="The run's prepared split to score: test or val.")] = "test",
+    src_file: Annotated[Path | None, typer.Option(
+        "--src-file", help="Score these sources instead of a split.")] = None,
+    ref_file: Annotated[Path | None, typer.Option(
+        "--ref-file", help="References for --src-file, line by line.")] = None,
+    output_file: Annotated[Path | None, typer.Option(
+        "--output", help="Hypotheses file (default: RUN/eval/SPLIT.greedy.hyp or .beamN.hyp).",
+        show_default=False)] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    beam: BeamOpt = None,
+    batch_size: BatchOpt = None,
+    which: CheckpointOpt = "best",
+    device: DeviceOpt = "auto",
+) -> None:
+    """Translate a test set and score it with sacreBLEU (BLEU and chrF, with their signatures)."""
+    import json
+
+    from mha.inference.evaluate import eval_set, evaluate
+    from mha.inference.run import load_model
+    from mha.inference.translate import warn_unknown_characters
+
+    model, tokenizer, cfg = load_model(run_dir, which, device)
+    sources, references, name = eval_set(run_dir, split, src_file, ref_file)
+    warn_unknown_characters(tokenizer, sources, str(src_file or f"the {split} split"))
+    beam = beam or cfg.decode.beam
+    decoding = "greedy" if beam == 1 else f"beam{beam}"
+    hyp_path = output_file or run_dir / "eval" / f"{name}.{decoding}.hyp"
+    result_path = run_dir / "eval" / f"{name}.{decoding}.json"  # read by `mha compare`
+    result = evaluate(model, tokenizer, sources, references, beam=beam, decode_cfg=cfg.decode,
+                      batch_size=batch_size or cfg.decode.batch_size, hyp_path=hyp_path,
+                      result_path=result_path)
+    if as_json:
+        typer.echo(json.dumps(result))
+        return
+    typer.echo(f"{result['bleu_text']}\n  {result['signature']['bleu']}")
+    typer.echo(f"{result['chrf_text']}\n  {result['signature']['chrf']}")
+    typer.echo(f"{result['sentences']} sentences in {result['seconds']:.1f} s "
+               f"({result['sentences_per_second']} sentences/s); hypotheses in {hyp_path}, "
+               f"scores in {result_path}")
