@@ -113,7 +113,7 @@ def test_bad_values_are_one_error_line_and_write_nothing(tiny_run, args, message
 
 
 @pytest.mark.parametrize("content, message", [
-    ("beam: 0\nlength_penalty: 1.0\n", "decode.yaml: invalid config: decode.beam must be positive"),
+    ("beam: 0\nlength_penalty: 1.0\n", "decode.yaml: invalid config: decode.beam must be >= 1"),
     ("beam: 4\nlength_penalty: -1\n", "decode.length_penalty must be >= 0, got -1.0"),
     ("beam: 4\n", "expected beam and length_penalty"),
     ("beam: [4\n", "not valid YAML"),
