@@ -23,8 +23,8 @@ else
 fi
 python - "${presets[@]}" > bench/results_quality.md <<'PY'
 import json, sys
-print("| preset | test BLEU | chrF | updates | epochs | best val BLEU (step) | train minutes |")
-print("|---|---|---|---|---|---|---|")
+print("| preset | test BLEU | lowercased | chrF | updates | epochs | best val BLEU (step) | train minutes |")
+print("|---|---|---|---|---|---|---|---|")
 for preset in sys.argv[1:]:
     result = json.load(open(f"runs/{preset}.eval.json"))
     records = [json.loads(l) for l in open(f"runs/{preset}/metrics.jsonl")]
@@ -34,9 +34,9 @@ for preset in sys.argv[1:]:
     final = max(records, key=lambda r: (r["step"], "elapsed" in r))
     report = json.load(open(f"runs/{preset}/data/report.json"))
     tgt_per_epoch = report["splits"]["train"]["pairs"] * report["splits"]["train"]["tgt_subwords"]["mean"]
-    print(f"| {preset} | {result['bleu']:.1f} | {result['chrf']:.1f} | {final['step']} | "
+    print(f"| {preset} | {result['bleu']:.1f} | {result['bleu_lc']:.1f} | {result['chrf']:.1f} | {final['step']} | "
           f"{last['tgt_tokens'] / tgt_per_epoch:.1f} | {best['val_bleu']:.1f} ({best['step']}) | "
           f"{final['elapsed'] / 60:.1f} |")
-print("\nsignature:", result["signature"])
+print("\nsignatures:", result["signature"])
 PY
 cat bench/results_quality.md

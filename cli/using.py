@@ -133,7 +133,8 @@ def eval(  # the command's name; shadows the builtin only inside this module
     which: CheckpointOpt = "best",
     device: DeviceOpt = "auto",
 ) -> None:
-    """Translate a test set and score it with sacreBLEU (BLEU and chrF, with their signatures)."""
+    """Translate a test set and score it with sacreBLEU (BLEU cased and lowercased, chrF, with
+    their signatures)."""
     import json
 
     from mha.inference.evaluate import eval_set, evaluate
@@ -154,7 +155,37 @@ def eval(  # the command's name; shadows the builtin only inside this module
         typer.echo(json.dumps(result))
         return
     typer.echo(f"{result['bleu_text']}\n  {result['signature']['bleu']}")
+    typer.echo(f"{result['bleu_lc_text']} (lowercased)\n  {result['signature']['bleu_lc']}")
     typer.echo(f"{result['chrf_text']}\n  {result['signature']['chrf']}")
     typer.echo(f"{result['sentences']} sentences in {result['seconds']:.1f} s "
                f"({result['sentences_per_second']} sentences/s); hypotheses in {hyp_path}, "
                f"scores in {result_path}")
+
+
+@command
+def tune_decode(
+    run_dir: RunArg,
+    beams: Annotated[str, typer.Option(
+        "--beams", help="Beam sizes to try, comma-separated; 1 is greedy.")] = "1,5",
+    penalties: Annotated[str, typer.Option(
+        "--penalties", help="Length penalties to try with each beam, comma-separated.")
+    ] = "0.6,0.8,1.0,1.2,1.4",
+    batch_size: BatchOpt = None,
+    which: CheckpointOpt = "best",
+    device: DeviceOpt = "auto",
+) -> None:
+    """Choose the beam size and length penalty on the val split (never the test split) and keep
+    them in RUN/decode.yaml, which `mha eval` and `mha translate` then use."""
+    from mha.inference.evaluate import eval_set
+    from mha.inference.run import load_model
+    from mha.inference.tune import choose, describe, format_table, parse_grid, save_choice, tune
+
+    beam_sizes, length_penalties = parse_grid(beams, penalties)  # fails before the model loads
+    sources, references, _ = eval_set(run_dir, "val")
+    model, tokenizer, cfg = load_model(run_dir, which, device)
+    trials = tune(model, tokenizer, sources, references, beams=beam_sizes,
+                  penalties=length_penalties, decode_cfg=cfg.decode,
+                  batch_size=batch_size or cfg.decode.batch_size)
+    path = save_choice(run_dir, trials, which)
+    typer.echo(f"val BLEU (cased) of {len(sources)} sentences:\n{format_table(trials)}")
+    typer.echo(f"chose {describe(choose(trials))}: written to {path}")

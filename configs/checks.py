@@ -70,6 +70,7 @@ RANGES: dict[str, Range] = {
     "train.log_every": Range(1),
     "train.patience": Range(0),
     "train.average_last": Range(0),
+    "train.ema_decay": FRACTION,  # 0 disables the moving average of the weights
     "train.num_threads": Range(0),
     "decode.beam": Range(1),
     "decode.length_penalty": Range(0),

@@ -89,6 +89,7 @@ class TrainConfig:
     log_every: int = 50
     patience: int = 0  # validations without a better BLEU before stopping; 0 disables
     average_last: int = 0  # average the weights of the last N validation checkpoints; 0 disables
+    ema_decay: float = 0.0  # validate and keep an exponential moving average of the weights; 0 off
     num_threads: int = 0  # torch threads on CPU; 0 lets torch decide
     device: str = "auto"  # auto, cpu or cuda
 

@@ -1,7 +1,9 @@
 """Checkpoints: written atomically, read with one clear error for every way they can be bad.
 
 A checkpoint is a dict: format, step, config (the resolved config as a dict), tokenizer
-(SentencePiece protos), model, and for training state: optimizer, rng, data, metrics.
+(SentencePiece protos), model, and for training state: optimizer, rng, data, metrics, and ema
+(the moving average of the weights, or None). A best.pt marked "weights": "ema" holds the
+average as its model.
 """
 
 from __future__ import annotations

@@ -2,6 +2,8 @@
 
 sacreBLEU's defaults are the point: 13a tokenization of plain text, so scores compare across
 papers and tokenizers, and each comes with the signature that says how it was computed.
+Lowercased BLEU (sacreBLEU's `-lc`, `case:lc` in its signature) comes beside it, for the papers
+that report that instead.
 """
 
 from __future__ import annotations
@@ -25,23 +27,23 @@ ROLES = ("test", "val")
 
 
 def score(hypotheses: list[str], references: list[str]) -> dict:
-    """Corpus BLEU and chrF of hypotheses against one reference each.
+    """Corpus BLEU (cased and lowercased) and chrF of hypotheses against one reference each.
 
-    Returns bleu and chrf (0-100), their one-line summaries (bleu_text, chrf_text) and
-    signature ({"bleu": ..., "chrf": ...}). Raises DataError for unequal or empty lists.
+    Returns bleu, bleu_lc and chrf (0-100), their one-line summaries (bleu_text, bleu_lc_text,
+    chrf_text) and signature ({"bleu": ..., "bleu_lc": ..., "chrf": ...}). Raises DataError for
+    unequal or empty lists.
     """
     if len(hypotheses) != len(references):
         raise DataError(f"{len(hypotheses)} hypotheses but {len(references)} references")
     if not references:
         raise DataError("nothing to score: no sentences")
-    bleu, chrf = BLEU(), CHRF()
-    bleu_score = bleu.corpus_score(hypotheses, [references])
-    chrf_score = chrf.corpus_score(hypotheses, [references])
-    return {
-        "bleu": bleu_score.score, "chrf": chrf_score.score,
-        "bleu_text": str(bleu_score), "chrf_text": str(chrf_score),
-        "signature": {"bleu": str(bleu.get_signature()), "chrf": str(chrf.get_signature())},
-    }
+    metrics = {"bleu": BLEU(), "bleu_lc": BLEU(lowercase=True), "chrf": CHRF()}
+    result: dict = {"signature": {}}
+    for name, metric in metrics.items():
+        scored = metric.corpus_score(hypotheses, [references])
+        result[name], result[f"{name}_text"] = scored.score, str(scored)
+        result["signature"][name] = str(metric.get_signature())
+    return result
 
 
 def eval_set(

@@ -17,6 +17,7 @@ from mha.data.files import DataError
 from mha.data.tokenizer import Tokenizer
 from mha.inference import checkpoint
 from mha.inference.checkpoint import CheckpointError
+from mha.inference.tune import apply_tuned
 from mha.model.transformer import Transformer
 
 log = logging.getLogger(__name__)
@@ -41,9 +42,12 @@ def load_model(
 ) -> tuple[Transformer, Tokenizer, Config]:
     """Rebuild the model of `run_dir` from checkpoint `which` (best, last or a path), in eval mode.
 
+    The returned config's decode section carries RUN/decode.yaml's tuned beam and length penalty
+    when the run has that file (see inference/tune.py).
+
     Raises CheckpointError for a missing run folder or checkpoint, a truncated or corrupt file,
     a checkpoint that disagrees with the run's config.yaml or tokenizer/, or weights that do not
-    fit the model; ConfigError for an unusable device.
+    fit the model; ConfigError for an unusable device or decode.yaml.
     """
     run_dir = Path(run_dir)
     target = pick_device(device)
@@ -55,6 +59,7 @@ def load_model(
         raise CheckpointError(f"checkpoint {path} holds an unusable config: {error}") from error
     tokenizer = _tokenizer(state["tokenizer"], path)
     _check_run_agrees(run_dir, path, cfg, tokenizer)
+    cfg = apply_tuned(cfg, run_dir, state["step"])  # RUN/decode.yaml, from `mha tune-decode`
     try:
         model = Transformer(cfg.model, tokenizer.src_vocab_size, tokenizer.tgt_vocab_size,
                             pad_id=Tokenizer.PAD)

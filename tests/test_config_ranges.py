@@ -16,6 +16,7 @@ from mha.data.batching import TokenBatches, collate
 from mha.data.tokenizer import Tokenizer
 from mha.inference.translate import decode_ids
 from mha.model.transformer import Transformer
+from mha.training.ema import EMA
 from mha.training.loss import summed_loss
 from mha.training.schedule import lr_factor
 from mha.training.state import Progress
@@ -131,6 +132,7 @@ def train_one_step(cfg: Config) -> Transformer:
                                  weight_decay=cfg.train.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: lr_factor(step, cfg.train, Progress()))
+    ema = EMA.attach(model, optimizer, cfg.train.ema_decay)
     for schedule in ("inverse_sqrt", "linear"):  # both, over the whole run
         settings = dataclasses.replace(cfg.train, schedule=schedule)
         for step in (0, 1, settings.warmup_steps, settings.max_steps):
@@ -147,6 +149,7 @@ def train_one_step(cfg: Config) -> Transformer:
     optimizer.step()
     scheduler.step()
     assert all(torch.isfinite(p).all() for p in model.parameters())
+    assert ema is None or all(torch.isfinite(p).all() for p in ema.model.parameters())
     return model.eval()
 
 

@@ -167,6 +167,8 @@ BAD = [
     (["model.dropout=1"], r"model\.dropout must be in \[0, 1\), got 1\.0"),
     (["model.attention_dropout=-0.1"], r"model\.attention_dropout must be in \[0, 1\), got -0\.1"),
     (["train.label_smoothing=1.5"], r"train\.label_smoothing must be in \[0, 1\), got 1\.5"),
+    (["train.ema_decay=1"], r"train\.ema_decay must be in \[0, 1\), got 1\.0"),
+    (["decode.length_penalty=-0.5"], r"decode\.length_penalty must be >= 0, got -0\.5"),
     (["train.max_time=forty minutes"], (r"train\.max_time: expected a duration like '40m', '2h' or "
                                        r"'90s', got 'forty minutes'")),
     (["train.max_time=0m"], r"train\.max_time must be positive, got '0m'"),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 
+import sacrebleu
 import test_translate
 from test_translate import assert_user_error, invoke
 
@@ -26,14 +27,29 @@ def test_score_is_sacrebleu_with_its_signature():
     assert score(["A dog.", "", "A child laughs."], REFERENCES)["bleu"] < 100
 
 
+def test_lowercased_bleu_is_sacrebleus_lc_and_never_below_the_cased_one():
+    hypotheses = ["a man rides a BIKE.", "Two Dogs play in the snow.", "A child laughs."]
+    scores = score(hypotheses, REFERENCES)
+    lowercased = sacrebleu.corpus_bleu(hypotheses, [REFERENCES], lowercase=True)
+    assert scores["bleu_lc"] == lowercased.score and scores["bleu_lc_text"] == str(lowercased)
+    assert scores["bleu_lc"] > scores["bleu"]  # the case differences cost only the cased score
+    assert scores["bleu"] == sacrebleu.corpus_bleu(hypotheses, [REFERENCES]).score
+    assert "case:lc" in scores["signature"]["bleu_lc"].split("|")
+    assert scores["signature"]["bleu_lc"].replace("case:lc", "case:mixed") == \
+        scores["signature"]["bleu"]
+    assert score(REFERENCES, REFERENCES)["bleu_lc"] == score(REFERENCES, REFERENCES)["bleu"]
+
+
 def test_eval_of_the_test_split_prints_scores_and_writes_hypotheses(run_copy):
     result = invoke("eval", run_copy)
     assert result.exit_code == 0, result.output
     lines = result.stdout.splitlines()
-    assert lines[0].startswith("BLEU = ") and "tok:13a" in lines[1]
-    assert lines[2].startswith("chrF2 = ") and "nc:6" in lines[3]
+    assert lines[0].startswith("BLEU = ") and "case:mixed|eff:no|tok:13a" in lines[1]
+    assert lines[2].startswith("BLEU = ") and lines[2].endswith("(lowercased)")
+    assert "case:lc|eff:no|tok:13a" in lines[3]
+    assert lines[4].startswith("chrF2 = ") and "nc:6" in lines[5]
     hypotheses = (run_copy / "eval" / "test.greedy.hyp").read_text(encoding="utf-8").splitlines()
-    assert len(hypotheses) == 300 and str(run_copy / "eval" / "test.greedy.hyp") in lines[4]
+    assert len(hypotheses) == 300 and str(run_copy / "eval" / "test.greedy.hyp") in lines[6]
     saved = json.loads((run_copy / "eval" / "test.greedy.json").read_text(encoding="utf-8"))
     assert lines[0] == saved["bleu_text"] and saved["sentences"] == 300 and saved["beam"] == 1
 
@@ -45,7 +61,9 @@ def test_eval_json_from_files_with_a_beam(run_copy, tmp_path):
     result = invoke("eval", run_copy, "--src-file", src, "--ref-file", ref, "--json", "--beam", "2")
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
-    assert {"bleu", "chrf", "signature", "sentences", "seconds"} <= report.keys()
+    assert {"bleu", "bleu_lc", "bleu_lc_text", "chrf", "signature", "sentences",
+            "seconds"} <= report.keys()
+    assert report["bleu_lc"] >= report["bleu"] and "case:lc" in report["signature"]["bleu_lc"]
     assert report["sentences"] == 3 and report["beam"] == 2
     assert len((run_copy / "eval" / "few.de.beam2.hyp").read_text().splitlines()) == 3
     assert json.loads((run_copy / "eval" / "few.de.beam2.json").read_text()) == report

@@ -23,6 +23,7 @@ from mha.inference.checkpoint import CheckpointError
 from mha.inference.run import pick_device
 from mha.model.transformer import Transformer
 from mha.training.distributed import Distributed
+from mha.training.ema import EMA, validate_scored
 from mha.training.loss import summed_loss
 from mha.training.monitor import Monitor
 from mha.training.precision import autocast, check_precision
@@ -105,13 +106,14 @@ class Trainer:
                                           weight_decay=settings.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda step: lr_factor(step, settings, self.progress))
+        self.ema = EMA.attach(self.model, self.optimizer, settings.ema_decay)  # None when 0
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=settings.precision == "fp16")
         self.autocast = autocast(settings.precision, self.device)
 
     def _resume_or_start(self, resume: bool) -> Progress:
         if resume:
             progress = restore(checkpoint.load(self.last), self.cfg, self.model, self.optimizer,
-                               self.scheduler, self.scaler)
+                               self.scheduler, self.scaler, self.ema)
             log.info("resuming from %s at step %d", self.last, progress.step)
             return progress
         if self.last.exists():
@@ -124,7 +126,7 @@ class Trainer:
                  "tokenizer": self.tokenizer.to_state(), "model": self.model.state_dict(),
                  "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                  "scaler": self.scaler.state_dict(), "progress": dataclasses.asdict(self.progress),
-                 "rng": rng_state(), **extra}
+                 "rng": rng_state(), "ema": self.ema.state_dict() if self.ema else None, **extra}
         checkpoint.save(state, path)
 
     def run(self) -> Trained:
@@ -230,9 +232,9 @@ class Trainer:
     def validate_and_save(self) -> bool:
         """Validate, keep best.pt and last.pt; True when patience says stop."""
         progress, settings = self.progress, self.settings
-        result = validate(self.model, self.prepared, self.cfg, self.device, self.autocast)
-        self.monitor.log({"step": progress.step, "val_loss": result.loss, "val_bleu": result.bleu,
-                          "elapsed": round(progress.elapsed, 2)})
+        result, scores, weights = validate_scored(self.ema, self.model, lambda model: validate(
+            model, self.prepared, self.cfg, self.device, self.autocast))
+        self.monitor.log({"step": progress.step, **scores, "elapsed": round(progress.elapsed, 2)})
         self.monitor.plot()
         improved = result.bleu > progress.best_bleu
         progress.bad_validations = 0 if improved else progress.bad_validations + 1
@@ -242,10 +244,11 @@ class Trainer:
             keep_snapshot(self.model, self.run_dir, progress, settings.average_last)
         self.save(self.last)
         if improved:
-            self.save(self.run_dir / "checkpoints" / "best.pt", val_bleu=result.bleu)
+            self.save(self.run_dir / "checkpoints" / "best.pt", val_bleu=result.bleu, **weights)
+        raw = f" (raw weights {scores['raw_val_bleu']:.2f})" if self.ema else ""
         self.monitor.write(f"step {progress.step}: val_loss {result.loss:.3f}  val_bleu "
-                       f"{result.bleu:.2f}  (best {progress.best_bleu:.2f} at step "
-                       f"{progress.best_step})")
+                           f"{result.bleu:.2f}{raw}  (best {progress.best_bleu:.2f} at step "
+                           f"{progress.best_step})")
         return bool(settings.patience) and progress.bad_validations >= settings.patience
 
     def finish(self, reason: str) -> None:

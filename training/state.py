@@ -13,6 +13,7 @@ from mha.configs.schema import Config, from_dict, to_dict
 from mha.data.files import atomic_write
 from mha.inference.checkpoint import CheckpointError
 from mha.model.transformer import Transformer
+from mha.training.ema import EMA
 
 # keys that may change between a run and its resumption: budgets and reporting, not the maths
 RESUMABLE_CHANGES = {"max_steps", "max_time", "patience", "eval_every", "log_every", "num_threads",
@@ -54,7 +55,8 @@ def rng_state() -> dict:
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
 
 
-def restore(state: dict, cfg: Config, model, optimizer, scheduler, scaler) -> Progress:
+def restore(state: dict, cfg: Config, model, optimizer, scheduler, scaler,
+            ema: EMA | None = None) -> Progress:
     """Load a checkpoint's training state into the given objects; CheckpointError if it differs
     from `cfg` in anything but RESUMABLE_CHANGES or does not fit the model."""
     saved, current = to_dict(from_dict(state["config"])), to_dict(cfg)
@@ -74,6 +76,8 @@ def restore(state: dict, cfg: Config, model, optimizer, scheduler, scaler) -> Pr
         raise CheckpointError(
             f"cannot resume: checkpoint does not fit the model ({error})"[:300]) from error
     scheduler.load_state_dict(state["scheduler"])
+    if ema is not None:
+        ema.load_state_dict(state["ema"])  # present: train.ema_decay equals the checkpoint's
     scaler.load_state_dict(state["scaler"])
     rng = state["rng"]
     torch.set_rng_state(rng["torch"])
