@@ -71,6 +71,7 @@ RANGES: dict[str, Range] = {
     "train.patience": Range(0),
     "train.average_last": Range(0),
     "train.ema_decay": FRACTION,  # 0 disables the moving average of the weights
+    "train.subword_sampling": FRACTION,  # 0 disables; BPE-dropout p or unigram alpha
     "train.num_threads": Range(0),
     "decode.beam": Range(1),
     "decode.length_penalty": Range(0),

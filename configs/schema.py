@@ -83,6 +83,8 @@ class TrainConfig:
     label_smoothing: float = 0.1
     clip_norm: float = 1.0  # 0 disables clipping
     weight_decay: float = 0.0
+    subword_sampling: float = 0.0  # training batches: BPE-dropout p or unigram alpha; 0 off
+    subword_sampling_tgt: bool = True  # sample the target side too, not just the source
     precision: str = "fp32"  # fp32 or bf16 (fp16 with a GradScaler on CUDA)
     seed: int = 1
     eval_every: int = 500

@@ -60,6 +60,14 @@ class Tokenizer:
         """Each text -> BOS + its piece ids + EOS."""
         return [[self.BOS, *ids, self.EOS] for ids in self._tgt.encode(texts, out_type=int)]
 
+    def sample_src(self, texts: list[str], alpha: float, seed: int) -> list[list[int]]:
+        """Like `encode_src`, with a sampled segmentation (see `_sampled_ids`)."""
+        return [ids + [self.EOS] for ids in _sampled_ids(self._src, texts, alpha, seed)]
+
+    def sample_tgt(self, texts: list[str], alpha: float, seed: int) -> list[list[int]]:
+        """Like `encode_tgt`, with a sampled segmentation (see `_sampled_ids`)."""
+        return [[self.BOS, *ids, self.EOS] for ids in _sampled_ids(self._tgt, texts, alpha, seed)]
+
     def decode_tgt(self, ids: Iterable[int]) -> str:
         """Target ids -> text, stopping at the first EOS and skipping BOS and PAD."""
         kept = []
@@ -195,3 +203,17 @@ def _processor(model: bytes, side: str) -> spm.SentencePieceProcessor:
         raise DataError(f"the {side} SentencePiece model has special ids (pad, unk, bos, eos) "
                         f"= {specials}, expected (0, 1, 2, 3)")
     return processor
+
+
+def _sampled_ids(processor: spm.SentencePieceProcessor, texts: list[str], alpha: float,
+                 seed: int) -> list[list[int]]:
+    """Piece ids of a sampled segmentation: BPE-dropout with probability alpha (bpe models) or a
+    draw from the unigram lattice smoothed by alpha; the same (texts, alpha, seed), the same ids.
+
+    SentencePiece draws from a process-wide seed, so it is set here; one thread keeps the draws
+    in text order (since sentencepiece 0.2.3 the calling thread's generator is reseeded too).
+    seed: 0 <= seed < 2**32 - 1 (2**32 - 1 would mean "seed from the clock").
+    """
+    spm.set_random_generator_seed(seed)
+    return processor.encode(texts, out_type=int, enable_sampling=True, alpha=alpha,
+                            nbest_size=-1, num_threads=1)

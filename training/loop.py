@@ -11,13 +11,12 @@ import random
 import time
 from pathlib import Path
 
-import pyarrow.compute as pc
 import torch
 
 from mha.configs.schema import Config, dump, parse_duration, to_dict
-from mha.data.batching import TokenBatches, collate
 from mha.data.files import atomic_write
 from mha.data.prepare import load_prepared, prepare
+from mha.data.sampling import SubwordSampler
 from mha.inference import checkpoint
 from mha.inference.checkpoint import CheckpointError
 from mha.inference.run import pick_device
@@ -83,10 +82,9 @@ class Trainer:
         self.progress = self._resume_or_start(resume)
         if dist.is_main:
             atomic_write(self.run_dir / "config.yaml", lambda f: f.write(dump(cfg).encode()))
-        self.train_set = self.prepared.splits["train"].select_columns(["src_ids", "tgt_ids"])
-        lengths = [pc.list_value_length(self.train_set.data.column(c)).to_pylist()
-                   for c in ("src_ids", "tgt_ids")]
-        self.batches = TokenBatches(*lengths, self.settings.batch_tokens, self.settings.seed)
+        self.sampler = SubwordSampler.from_config(cfg, self.prepared)
+        self.train_set = self.prepared.splits["train"].select_columns(self.sampler.columns)
+        self.batches = self.sampler.token_batches(self.train_set)
         self.stream = self.batches.stream(self.progress.epoch, self.progress.position, dist.rank,
                                           dist.world_size)
         self.ddp_model = dist.wrap(self.model)
@@ -166,7 +164,8 @@ class Trainer:
         for micro in range(settings.accumulate):
             self.progress.epoch, self.progress.position, indices = next(self.stream)
             rows = self.train_set[indices]  # one Arrow take: the corpus stays memory-mapped
-            batch = collate(rows["src_ids"], rows["tgt_ids"])
+            batch = self.sampler.collate(rows, self.progress.epoch, self.progress.position,
+                                         self.dist.rank)
             src_ids, tgt_in, tgt_out = (x.to(device) for x in
                                         (batch.src_ids, batch.tgt_in, batch.tgt_out))
             last_micro = micro == settings.accumulate - 1
