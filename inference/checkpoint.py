@@ -1,23 +1,31 @@
 """Checkpoints: written atomically, read with one clear error for every way they can be bad.
 
 A checkpoint is a dict: format, step, config (the resolved config as a dict), tokenizer
-(SentencePiece protos), model, and for training state: optimizer, rng, data, metrics, and ema
-(the moving average of the weights, or None). A best.pt marked "weights": "ema" holds the
+(SentencePiece protos), model, and for training state: optimizer, scheduler, scaler, progress,
+rng (a list: one state per process, rank 0 first; format 1 held one state, for every rank) and
+ema (the moving average of the weights, or None). A best.pt marked "weights": "ema" holds the
 average as its model.
 """
 
 from __future__ import annotations
 
+import errno
+import logging
 import pickle
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO
 
 import torch
 
 from mha.data.files import atomic_write
 
-FORMAT = "mha-checkpoint-1"
+FORMAT = "mha-checkpoint-2"
+READABLE = ("mha-checkpoint-1", FORMAT)
 REQUIRED = ("format", "step", "config", "tokenizer", "model")
+
+log = logging.getLogger(__name__)
 
 
 class CheckpointError(Exception):
@@ -25,7 +33,46 @@ class CheckpointError(Exception):
 
 
 def save(state: dict, path: Path) -> None:
-    atomic_write(path, lambda file: torch.save({"format": FORMAT, **state}, file))
+    """Write `state` atomically; CheckpointError (the previous file kept) if its weights hold NaN
+    or inf, or the write fails (a full disk)."""
+    refuse_non_finite(state["model"], path)
+    write(path, lambda file: torch.save({"format": FORMAT, **state}, file))
+
+
+def save_weights(weights: dict[str, torch.Tensor], path: Path) -> None:
+    """A bare state dict (the snapshots kept for averaging), with `save`'s guarantees."""
+    refuse_non_finite(weights, path)
+    write(path, lambda file: torch.save(weights, file))
+
+
+def refuse_non_finite(weights: dict[str, torch.Tensor], path: Path) -> None:
+    for name, tensor in weights.items():
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise CheckpointError(f"refusing to write {path}: {name} holds NaN or inf "
+                                  "(the previous file is kept)")
+
+
+def write(path: Path, write_to: Callable[[BinaryIO], object]) -> None:
+    """atomic_write, with an OSError (a full disk, a read-only folder) as a CheckpointError."""
+    try:
+        atomic_write(path, write_to)
+    except OSError as error:
+        cause = error.strerror or errno.errorcode.get(error.errno or 0) or str(error)
+        raise CheckpointError(f"cannot write {path}: {cause} (the previous file is kept)"
+                              ) from error
+
+
+def remove_leftovers(folder: Path) -> list[Path]:
+    """Delete the temporary files (`.NAME.*.tmp`) that a killed atomic_write left in `folder`.
+
+    Only the one process writing to `folder` may call this: another's write in progress
+    would lose its temporary file.
+    """
+    leftovers = sorted(folder.glob(".*.tmp")) if folder.is_dir() else []
+    for leftover in leftovers:
+        leftover.unlink(missing_ok=True)
+        log.info("removed %s, left by an interrupted write", leftover)
+    return leftovers
 
 
 def load(path: Path) -> dict:
@@ -40,11 +87,14 @@ def load(path: Path) -> dict:
         first_line = text.splitlines()[0] if text else type(error).__name__
         raise CheckpointError(
             f"checkpoint {path} is truncated or corrupt ({first_line})") from error
-    if not isinstance(state, dict) or state.get("format") != FORMAT:
-        raise CheckpointError(f"{path} is not an mha checkpoint (expected format {FORMAT})")
+    if not isinstance(state, dict) or state.get("format") not in READABLE:
+        raise CheckpointError(f"{path} is not an mha checkpoint (expected format "
+                              f"{' or '.join(READABLE)})")
     missing = [key for key in REQUIRED if key not in state]
     if missing:
         raise CheckpointError(f"checkpoint {path} lacks {', '.join(missing)}")
+    if state["format"] == "mha-checkpoint-1" and isinstance(state.get("rng"), dict):
+        state["rng"] = [state["rng"]]  # one state, which every rank resumes from
     return state
 
 

@@ -44,18 +44,37 @@ class Distributed:
         """Skip the gradient all-reduce on all but the last micro-batch of an update."""
         return net.no_sync() if self.world_size > 1 else contextlib.nullcontext()
 
-    def sum(self, *tensors: Tensor) -> tuple[Tensor, ...]:
-        if self.world_size > 1:
-            for tensor in tensors:
-                dist.all_reduce(tensor)
-        return tensors
+    def agree(self, sums: Tensor, elapsed: float) -> tuple[Tensor, float]:
+        """Sum `sums` (1-D) over processes and take the largest `elapsed`, in one all-reduce.
 
-    def broadcast_flag(self, flag: bool) -> bool:
+        Each process puts its clock in its own slot of the vector, so the summed vector holds
+        every clock: a budget is spent for all when it is spent for one, and no process stops
+        while the others wait for it in the next all-reduce.
+        """
         if self.world_size == 1:
-            return flag
-        value = torch.tensor([float(flag)], device=self.device)
-        dist.broadcast(value, src=0)
-        return bool(value.item())
+            return sums, elapsed
+        n = len(sums)
+        packed = torch.zeros(n + self.world_size, dtype=torch.float64, device=self.device)
+        packed[:n] = sums
+        packed[n + self.rank] = elapsed
+        dist.all_reduce(packed)
+        return packed[:n], packed[n:].max().item()
+
+    def broadcast(self, *values: float) -> tuple[float, ...]:
+        """Rank 0's values, on every process."""
+        if self.world_size == 1:
+            return values
+        packed = torch.tensor(values, dtype=torch.float64, device=self.device)
+        dist.broadcast(packed, src=0)
+        return tuple(packed.tolist())
+
+    def gather(self, value: object) -> list:
+        """Every process's `value` (any picklable object) on rank 0, rank 0 first; [] elsewhere."""
+        if self.world_size == 1:
+            return [value]
+        gathered = [None] * self.world_size if self.is_main else None
+        dist.gather_object(value, gathered, dst=0)
+        return gathered or []
 
     def broadcast_int(self, value: int) -> int:
         """Rank 0's value, on every rank."""

@@ -14,7 +14,6 @@ from pathlib import Path
 import torch
 
 from mha.configs.schema import Config, dump, parse_duration, to_dict
-from mha.data.files import atomic_write
 from mha.data.prepare import load_prepared, prepare
 from mha.data.sampling import SubwordSampler
 from mha.inference import checkpoint
@@ -25,6 +24,7 @@ from mha.training.distributed import Distributed
 from mha.training.ema import EMA, validate_scored
 from mha.training.loss import summed_loss
 from mha.training.monitor import Monitor
+from mha.training.optimizer import Optimizer
 from mha.training.precision import autocast, check_precision
 from mha.training.schedule import lr_factor, plan_decay
 from mha.training.signals import StopSignal
@@ -55,9 +55,7 @@ def train(cfg: Config, resume: bool = False) -> Trained:
     """Train to the first of max_steps, max_time, patience or a signal."""
     dist = Distributed.from_env(cfg.train.device)
     try:
-        trained = Trainer(cfg, resume, dist).run()
-        dist.barrier()  # the other ranks wait while rank 0 validates and saves
-        return trained
+        return Trainer(cfg, resume, dist).run()
     finally:
         dist.close()
 
@@ -73,6 +71,9 @@ class Trainer:
         check_precision(self.settings.precision, self.device)
         self.run_dir = Path(cfg.run_dir)
         self.last = self.run_dir / "checkpoints" / "last.pt"
+        if dist.is_main:  # before anything writes: a killed write's temporary files go
+            for folder in (self.run_dir, self.last.parent):
+                checkpoint.remove_leftovers(folder)
         prepared = prepare(cfg) if dist.is_main else None  # rank 0 tokenizes when needed
         dist.barrier()
         self.prepared = prepared or load_prepared(cfg.run_dir)
@@ -81,7 +82,7 @@ class Trainer:
         self._build_model()
         self.progress = self._resume_or_start(resume)
         if dist.is_main:
-            atomic_write(self.run_dir / "config.yaml", lambda f: f.write(dump(cfg).encode()))
+            checkpoint.write(self.run_dir / "config.yaml", lambda f: f.write(dump(cfg).encode()))
         self.sampler = SubwordSampler.from_config(cfg, self.prepared)
         self.train_set = self.prepared.splits["train"].select_columns(self.sampler.columns)
         self.batches = self.sampler.token_batches(self.train_set)
@@ -99,19 +100,16 @@ class Trainer:
         random.seed(settings.seed)
         self.model = Transformer(self.cfg.model, self.tokenizer.src_vocab_size,
                                  self.tokenizer.tgt_vocab_size).to(self.device)
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=settings.lr,
-                                          betas=(0.9, 0.98), eps=1e-9,
-                                          weight_decay=settings.weight_decay)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda step: lr_factor(step, settings, self.progress))
-        self.ema = EMA.attach(self.model, self.optimizer, settings.ema_decay)  # None when 0
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=settings.precision == "fp16")
+        torch.manual_seed(settings.seed + self.dist.rank)  # same weights, a dropout stream each
+        self.optim = Optimizer(self.model, settings, self.device,
+                               lambda step: lr_factor(step, settings, self.progress))
+        self.ema = EMA.attach(self.model, self.optim.adam, settings.ema_decay)  # None when 0
         self.autocast = autocast(settings.precision, self.device)
 
     def _resume_or_start(self, resume: bool) -> Progress:
         if resume:
-            progress = restore(checkpoint.load(self.last), self.cfg, self.model, self.optimizer,
-                               self.scheduler, self.scaler, self.ema)
+            progress = restore(checkpoint.load(self.last), self.cfg, self.model, self.optim,
+                               self.dist.rank, self.ema)
             log.info("resuming from %s at step %d", self.last, progress.step)
             return progress
         if self.last.exists():
@@ -122,9 +120,9 @@ class Trainer:
     def save(self, path: Path, **extra) -> None:
         state = {"step": self.progress.step, "config": to_dict(self.cfg),
                  "tokenizer": self.tokenizer.to_state(), "model": self.model.state_dict(),
-                 "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                 "scaler": self.scaler.state_dict(), "progress": dataclasses.asdict(self.progress),
-                 "rng": rng_state(), "ema": self.ema.state_dict() if self.ema else None, **extra}
+                 **self.optim.state_dict(), "progress": dataclasses.asdict(self.progress),
+                 "rng": self.rng_states, "ema": self.ema.state_dict() if self.ema else None,
+                 **extra}
         checkpoint.save(state, path)
 
     def run(self) -> Trained:
@@ -135,6 +133,7 @@ class Trainer:
                      self.dist.world_size, self.device,
                      sum(p.numel() for p in self.model.parameters()), len(self.train_set),
                      len(self.batches.epoch(progress.epoch)))
+        self.clock = time.perf_counter()
         reason, stop = "max_steps", StopSignal()
         with stop:
             while progress.step < settings.max_steps:
@@ -149,15 +148,16 @@ class Trainer:
                 if budget_spent := self._budget_spent():
                     reason = budget_spent
                     break
+            self.rng_states = self.dist.gather(rng_state())
             if self.dist.is_main:
                 self.finish(reason)
+            self.dist.barrier()  # the other ranks wait while rank 0 validates and saves
             if stop.received is not None:
                 raise SystemExit(128 + stop.received)
         return Trained(progress, self.model)
 
     def update(self, stop: StopSignal) -> Update:
         """One optimiser update over `train.accumulate` batches (and every process)."""
-        started = time.perf_counter()
         settings, device = self.settings, self.device
         self.model.train()
         loss_sum, tgt_tokens, src_tokens, slots = (torch.zeros((), device=device) for _ in range(4))
@@ -173,45 +173,46 @@ class Trainer:
                 with self.autocast:
                     loss = summed_loss(self.ddp_model, src_ids, tgt_in, tgt_out,
                                        settings.label_smoothing)
-                self.scaler.scale(loss).backward()
+                self.optim.backward(loss)
             loss_sum += loss.detach()
             tgt_tokens += batch.tgt_tokens
             src_tokens += batch.src_tokens
             slots += batch.slots
         stop_votes = torch.tensor(float(stop.received is not None), device=device)
-        loss_sum, tgt_tokens, src_tokens, slots, stop_votes = self.dist.sum(
-            loss_sum, tgt_tokens, src_tokens, slots, stop_votes)
+        sums, self.progress.elapsed = self.dist.agree(
+            torch.stack([loss_sum, tgt_tokens, src_tokens, slots, stop_votes]), self._tick())
+        loss_sum, tgt_tokens, src_tokens, slots, stop_votes = sums.unbind()
         step_loss = (loss_sum / tgt_tokens).item()
-        if not math.isfinite(step_loss):
-            raise TrainingError(
-                f"loss became {step_loss} at step {self.progress.step + 1}; the last good "
-                f"checkpoint stays in {self.last.parent}; try a lower train.lr or "
-                "train.precision=fp32")
-        self._step_optimizer(tgt_tokens)
+        self._refuse_non_finite("loss", step_loss)
+        norm = self.optim.unscale(self.dist.world_size / tgt_tokens)
+        if not self.optim.skips_non_finite:  # stop before a NaN or inf reaches the weights
+            self._refuse_non_finite("the gradient norm", norm)
+        self.optim.step()
         self.progress.step += 1
-        self.progress.elapsed += time.perf_counter() - started
         self.progress.tgt_tokens += int(tgt_tokens)
         self.progress.src_tokens += int(src_tokens)
         return Update(step_loss, int(tgt_tokens), int(src_tokens), int(slots),
                       bool(stop_votes.item()))
 
-    def _step_optimizer(self, tgt_tokens: torch.Tensor) -> None:
-        self.scaler.unscale_(self.optimizer)
-        for p in self.model.parameters():  # gradients of the summed loss -> mean over all tokens
-            if p.grad is not None:
-                p.grad.mul_(self.dist.world_size / tgt_tokens)
-        if self.settings.clip_norm:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.settings.clip_norm)
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
+    def _tick(self) -> float:
+        """The elapsed time: the clock runs on between ticks, so validation and logging count."""
+        now = time.perf_counter()
+        elapsed, self.clock = self.progress.elapsed + now - self.clock, now
+        return elapsed
+
+    def _refuse_non_finite(self, what: str, value: float) -> None:
+        if not math.isfinite(value):
+            raise TrainingError(
+                f"{what} became {value} at step {self.progress.step + 1}; the last good "
+                f"checkpoint stays in {self.last.parent}; try a lower train.lr or "
+                "train.precision=fp32")
 
     def _report(self, update: Update) -> None:
         if self.dist.is_main:
-            self.monitor.report(self.progress, update, self.scheduler.get_last_lr()[0])
+            self.monitor.report(self.progress, update, self.optim.lr)
 
     def _budget_spent(self) -> str | None:
+        """Why the time budget stops the run, if it does (the same on every rank)."""
         if self.progress.elapsed >= self.max_time:
             return f"max_time {self.settings.max_time}"
         if 0 < self.progress.plan_end <= self.progress.step:
@@ -219,14 +220,16 @@ class Trainer:
         return None
 
     def _timed_validation(self) -> bool:
-        """Rank 0 validates (counted in the elapsed time); True when patience says stop."""
-        started = time.perf_counter()
+        """Rank 0 validates and saves every rank's random state; all then agree on patience's
+        verdict and on the clock, which counts the validation. True when patience says stop."""
+        self.rng_states = self.dist.gather(rng_state())
+        progress, started = self.progress, time.perf_counter()
         stop_now = self.dist.is_main and self.validate_and_save()
-        spent = time.perf_counter() - started
-        self.progress.elapsed += spent
-        self.progress.validation_seconds += spent
-        plan_decay(self.settings, self.progress, self.max_time, self.dist)
-        return self.dist.broadcast_flag(stop_now)
+        progress.validation_seconds += time.perf_counter() - started
+        stop_now, progress.elapsed, progress.validation_seconds = self.dist.broadcast(
+            float(stop_now), self._tick(), progress.validation_seconds)
+        plan_decay(self.settings, progress, self.max_time, self.dist)
+        return bool(stop_now)
 
     def validate_and_save(self) -> bool:
         """Validate, keep best.pt and last.pt; True when patience says stop."""
@@ -239,11 +242,13 @@ class Trainer:
         progress.bad_validations = 0 if improved else progress.bad_validations + 1
         if improved:
             progress.best_bleu, progress.best_step = result.bleu, progress.step
-        if settings.average_last:
-            keep_snapshot(self.model, self.run_dir, progress, settings.average_last)
-        self.save(self.last)
-        if improved:
+        dropped = (keep_snapshot(self.model, self.run_dir, progress, settings.average_last)
+                   if settings.average_last else [])
+        if improved:  # before last.pt: a kill between the two repeats this validation on resume
             self.save(self.run_dir / "checkpoints" / "best.pt", val_bleu=result.bleu, **weights)
+        self.save(self.last)
+        for path in dropped:  # last.pt no longer lists them
+            path.unlink(missing_ok=True)
         raw = f" (raw weights {scores['raw_val_bleu']:.2f})" if self.ema else ""
         self.monitor.write(f"step {progress.step}: val_loss {result.loss:.3f}  val_bleu "
                            f"{result.bleu:.2f}{raw}  (best {progress.best_bleu:.2f} at step "

@@ -100,7 +100,8 @@ class Monitor:
 
 
 def read_metrics(path: Path) -> list[dict]:
-    """The records of a metrics.jsonl. Raises DataError naming a line that is not a record."""
+    """The records of a metrics.jsonl. Raises DataError naming a line that is not a record; a
+    last line that is not JSON (cut short by a killed run) is dropped with a warning."""
     records = []
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
@@ -110,6 +111,9 @@ def read_metrics(path: Path) -> list[dict]:
         try:
             record = json.loads(line) if line.strip() else None
         except ValueError:
+            if number == len(lines):
+                log.warning("%s: dropped line %d, cut short by an interrupted run", path, number)
+                continue
             record = {}
         if record is None:
             continue

@@ -4,16 +4,20 @@ snapshots kept for checkpoint averaging."""
 from __future__ import annotations
 
 import dataclasses
+import logging
 import random
 from pathlib import Path
 
 import torch
 
 from mha.configs.schema import Config, from_dict, to_dict
-from mha.data.files import atomic_write
+from mha.inference import checkpoint
 from mha.inference.checkpoint import CheckpointError
 from mha.model.transformer import Transformer
 from mha.training.ema import EMA
+from mha.training.optimizer import Optimizer
+
+log = logging.getLogger(__name__)
 
 # keys that may change between a run and its resumption: budgets and reporting, not the maths
 RESUMABLE_CHANGES = {"max_steps", "max_time", "patience", "eval_every", "log_every", "num_threads",
@@ -51,14 +55,32 @@ class Update:
 
 
 def rng_state() -> dict:
+    """This process's random state: torch (CPU and CUDA) and Python's."""
     return {"torch": torch.get_rng_state(), "python": random.getstate(),
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
 
 
-def restore(state: dict, cfg: Config, model, optimizer, scheduler, scaler,
+def set_rng_state(states: list[dict], rank: int) -> None:
+    """Resume process `rank` from its own saved state (one state per rank, rank 0 first).
+
+    A format-1 checkpoint holds one state, which every rank takes; a run resumed on another
+    number of processes takes state rank % N.
+    """
+    if rank >= len(states) > 1:
+        log.warning("the checkpoint holds the random states of %d processes: rank %d takes "
+                    "state %d", len(states), rank, rank % len(states))
+    rng = states[rank % len(states)]
+    torch.set_rng_state(rng["torch"])
+    random.setstate(rng["python"])
+    if rng.get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rng["cuda"])
+
+
+def restore(state: dict, cfg: Config, model: Transformer, optim: Optimizer, rank: int = 0,
             ema: EMA | None = None) -> Progress:
-    """Load a checkpoint's training state into the given objects; CheckpointError if it differs
-    from `cfg` in anything but RESUMABLE_CHANGES or does not fit the model."""
+    """Load a checkpoint's training state into the given objects (and process `rank`'s random
+    state); CheckpointError if it differs from `cfg` in anything but RESUMABLE_CHANGES or does
+    not fit the model."""
     saved, current = to_dict(from_dict(state["config"])), to_dict(cfg)
     differences = [
         f"{section}.{key} ({old!r} in the checkpoint, {current[section][key]!r} now)"
@@ -71,31 +93,26 @@ def restore(state: dict, cfg: Config, model, optimizer, scheduler, scaler,
                               + "; ".join(differences))
     try:
         model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
+        optim.load_state_dict(state)
     except (RuntimeError, ValueError, KeyError) as error:
         raise CheckpointError(
             f"cannot resume: checkpoint does not fit the model ({error})"[:300]) from error
-    scheduler.load_state_dict(state["scheduler"])
     if ema is not None:
         ema.load_state_dict(state["ema"])  # present: train.ema_decay equals the checkpoint's
-    scaler.load_state_dict(state["scaler"])
-    rng = state["rng"]
-    torch.set_rng_state(rng["torch"])
-    random.setstate(rng["python"])
-    if rng.get("cuda") is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(rng["cuda"])
+    set_rng_state(state["rng"], rank)
     return Progress(**state["progress"])
 
 
-def keep_snapshot(model: Transformer, run_dir: Path, progress: Progress, keep: int) -> None:
-    """Save the weights of this validation; only the last `keep` stay, for averaging."""
+def keep_snapshot(model: Transformer, run_dir: Path, progress: Progress, keep: int) -> list[Path]:
+    """Save the weights of this validation for averaging; the files that fell out of the last
+    `keep` are returned, to delete once last.pt (which lists the kept ones) is written."""
     folder = run_dir / "checkpoints"
     weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    atomic_write(folder / f"weights_{progress.step}.pt", lambda f: torch.save(weights, f))
+    checkpoint.save_weights(weights, folder / f"weights_{progress.step}.pt")
     progress.snapshots.append(progress.step)
-    for old in progress.snapshots[:-keep]:
-        (folder / f"weights_{old}.pt").unlink(missing_ok=True)
+    dropped = [folder / f"weights_{old}.pt" for old in progress.snapshots[:-keep]]
     progress.snapshots = progress.snapshots[-keep:]
+    return dropped
 
 
 def averaged_snapshots(run_dir: Path, steps: list[int], device: torch.device) -> dict:
