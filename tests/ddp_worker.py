@@ -1,8 +1,16 @@
-"""Run under torchrun by test_train: trains, then each rank saves its final weights."""
+"""Run under torchrun by the tests: trains, then each rank writes its final weights and progress.
 
+python ddp_worker.py CONFIG OUT [--resume] [--fast-clock-rank R]
+
+--fast-clock-rank R makes rank R's time.perf_counter run 50 times fast: a clock that disagrees
+with the others' about how much of train.max_time is spent.
+"""
+
+import argparse
+import json
 import logging
 import os
-import sys
+import time
 from pathlib import Path
 
 import torch
@@ -12,6 +20,17 @@ from mha.training.loop import train
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    config, out = sys.argv[1], Path(sys.argv[2])
-    model = train(load_config(config)).model
-    torch.save(model.state_dict(), out / f"rank{os.environ['RANK']}.pt")
+    parser = argparse.ArgumentParser()
+    parser.add_argument("config")
+    parser.add_argument("out", type=Path)
+    parser.add_argument("--resume", action="store_true")
+    parser.add_argument("--fast-clock-rank", type=int, default=None)
+    args = parser.parse_args()
+    rank = int(os.environ["RANK"])
+    if args.fast_clock_rank == rank:
+        real_clock = time.perf_counter
+        time.perf_counter = lambda: 50 * real_clock()
+    trained = train(load_config(args.config), resume=args.resume)
+    torch.save(trained.model.state_dict(), args.out / f"rank{rank}.pt")
+    progress = {"step": trained.progress.step, "elapsed": trained.progress.elapsed}
+    (args.out / f"rank{rank}.json").write_text(json.dumps(progress))

@@ -1,0 +1,93 @@
+"""Two processes under torchrun: an agreed time budget, and an exact resume with a dropout
+stream per rank. Each launch has a 60-second limit, so a hang fails instead of waiting for
+gloo's 30-minute timeout."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from test_train import losses, tiny, write_config
+
+WORKER = Path(__file__).parent / "ddp_worker.py"
+
+
+def torchrun(config: Path, out: Path, *args: str) -> subprocess.Popen:
+    """Two workers in a process group of their own (so that a hang can be ended whole)."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+         str(WORKER), str(config), str(out), *args],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+def finish(process: subprocess.Popen, timeout: float = 60) -> str:
+    """stderr once torchrun exits; a hang kills every process of the group and fails."""
+    try:
+        return process.communicate(timeout=timeout)[1]
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        stderr = process.communicate()[1]
+        pytest.fail(f"torchrun still running after {timeout} s (a hang): {stderr[-3000:]}")
+
+
+def completed(config: Path, out: Path, *args: str) -> str:
+    process = torchrun(config, out, *args)
+    stderr = finish(process)
+    assert process.returncode == 0, stderr[-3000:]
+    return stderr
+
+
+def test_ranks_agree_on_the_time_budget(tmp_path, small_corpus):
+    # rank 1's clock runs 50 times fast: alone, it would stop while rank 0 waits in an
+    # all-reduce for it; agreed, the larger clock stops both at the same update
+    config = write_config(tiny(tmp_path / "run", small_corpus, "train.max_steps=100000",
+                               "train.max_time=10s"), tmp_path / "c.yaml")
+    stderr = completed(config, tmp_path, "--fast-clock-rank", "1")
+    rank0, rank1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
+    assert rank0 == rank1
+    assert rank0["elapsed"] >= 10 and rank0["step"] < 100000
+    assert f"stopped at step {rank0['step']} (max_time 10s)" in stderr
+
+
+def wait_for_step(run: Path, step: int, process: subprocess.Popen) -> None:
+    """Until metrics.jsonl shows `step` (a condition, not a timing), or the process died."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and process.poll() is None:
+        if (run / "metrics.jsonl").is_file() and len(losses(run)) >= step:
+            return
+        time.sleep(0.05)
+    os.killpg(process.pid, signal.SIGKILL)
+    pytest.fail(f"training never reached step {step}: {process.communicate()[1][-3000:]}")
+
+
+def test_sigint_and_resume_equal_an_uninterrupted_two_process_run(tmp_path, small_corpus):
+    run = tmp_path / "run"
+    config = write_config(tiny(run, small_corpus, "train.max_steps=100000"), tmp_path / "c.yaml")
+    process = torchrun(config, tmp_path)
+    wait_for_step(run, 3, process)
+    os.killpg(process.pid, signal.SIGINT)  # as Ctrl-C does: torchrun and both workers
+    stderr = finish(process)
+    assert "--resume" in stderr, stderr[-3000:]
+    saved = torch.load(run / "checkpoints" / "last.pt", weights_only=False)
+    stopped = saved["step"]
+    assert stopped >= 3
+    rank0_rng, rank1_rng = saved["rng"]  # one dropout stream per rank
+    assert not torch.equal(rank0_rng["torch"], rank1_rng["torch"])
+
+    steps = f"train.max_steps={stopped + 3}"
+    completed(write_config(tiny(run, small_corpus, steps), tmp_path / "more.yaml"), tmp_path,
+              "--resume")
+    straight = tmp_path / "straight"
+    completed(write_config(tiny(straight, small_corpus, steps), tmp_path / "s.yaml"), tmp_path)
+    expected, got = losses(straight), losses(run)
+    assert sorted(got) == list(range(1, stopped + 4))
+    for step in expected:
+        assert abs(expected[step] - got[step]) < 1e-6, step
