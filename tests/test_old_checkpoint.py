@@ -8,8 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from mha.inference import checkpoint
 from mha.inference.run import load_model
 from mha.inference.translate import translate_lines
+from mha.training.state import set_rng_state
 
 FIXTURE = Path(__file__).parent / "fixtures" / "run_before_layout"
 
@@ -36,3 +38,11 @@ def test_old_checkpoint_translates_the_same(old_run, beam: int, expected: str):
     outputs = list(translate_lines(model, tokenizer, sources, batch_size=2, beam=beam,
                                    use_cache=True, decode_cfg=cfg.decode))
     assert outputs == (FIXTURE / expected).read_text(encoding="utf-8").splitlines()
+
+
+def test_old_checkpoint_gives_its_one_rng_state_to_every_rank():
+    state = checkpoint.load(FIXTURE / "checkpoints" / "best.pt")
+    assert state["format"] == "mha-checkpoint-1" and len(state["rng"]) == 1
+    for rank in (0, 1):
+        set_rng_state(state["rng"], rank)
+        assert torch.equal(torch.get_rng_state(), state["rng"][0]["torch"])

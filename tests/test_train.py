@@ -17,6 +17,7 @@ from typer.testing import CliRunner
 
 from mha.cli.app import app
 from mha.configs.schema import dump, load_config
+from mha.inference import checkpoint
 from mha.training import loop as train_module
 from mha.training.loop import TrainingError, train
 from mha.training.schedule import inverse_sqrt
@@ -100,6 +101,28 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, small_corpu
     with pytest.raises(TrainingError, match=r"loss became nan at step \d+"):
         train(cfg)
     kept = torch.load(last, weights_only=False)
+    assert kept["step"] == 4
+    assert all(torch.isfinite(v).all() for v in kept["model"].values())
+
+
+def test_inf_gradient_stops_before_the_weights_and_keeps_the_last_good_checkpoint(
+        tmp_path, small_corpus, monkeypatch):
+    run = tmp_path / "run"
+    cfg = tiny(run, small_corpus, "train.max_steps=20", "train.eval_every=4")
+    real = train_module.summed_loss
+    calls = {"n": 0}
+
+    def exploding(*args, **kwargs):  # the 8th update (a validation step): finite loss, inf grads
+        calls["n"] += 1
+        loss = real(*args, **kwargs)
+        if calls["n"] == 8:
+            loss.register_hook(lambda grad: grad * float("inf"))
+        return loss
+
+    monkeypatch.setattr(train_module, "summed_loss", exploding)
+    with pytest.raises(TrainingError, match=r"the gradient norm became (inf|nan) at step 8; "):
+        train(cfg)
+    kept = checkpoint.load(run / "checkpoints" / "last.pt")
     assert kept["step"] == 4
     assert all(torch.isfinite(v).all() for v in kept["model"].values())
 

@@ -55,7 +55,12 @@ def train(cfg: Config, resume: bool = False) -> Trained:
     """Train to the first of max_steps, max_time, patience or a signal."""
     dist = Distributed.from_env(cfg.train.device)
     try:
-        return Trainer(cfg, resume, dist).run()
+        trainer = Trainer(cfg, resume, dist)
+        try:
+            return trainer.run()
+        finally:  # also after an error: the bar ends its line before the error is printed
+            if trainer.monitor is not None:
+                trainer.monitor.close()
     finally:
         dist.close()
 
@@ -269,7 +274,6 @@ class Trainer:
                 self._average()
             log.info("stopped at step %d (%s); best validation BLEU %.2f at step %d",
                      progress.step, reason, progress.best_bleu, progress.best_step)
-        self.monitor.close()
 
     def _average(self) -> None:
         """Average the kept snapshots; the average becomes best.pt when its BLEU is higher."""
