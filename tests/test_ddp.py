@@ -4,6 +4,7 @@ gloo's 30-minute timeout."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -20,20 +21,34 @@ WORKER = Path(__file__).parent / "ddp_worker.py"
 
 
 def torchrun(config: Path, out: Path, *args: str) -> subprocess.Popen:
-    """Two workers in a process group of their own (so that a hang can be ended whole)."""
     return subprocess.Popen(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
          str(WORKER), str(config), str(out), *args],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         env={**os.environ, "OMP_NUM_THREADS": "1"})
 
 
+def kill_all(process: subprocess.Popen) -> None:
+    """SIGKILL torchrun and its workers (which run in sessions of their own)."""
+    def descendants(pid: int) -> list[int]:
+        try:
+            children = [int(child) for task in Path(f"/proc/{pid}/task").iterdir()
+                        for child in (task / "children").read_text().split()]
+        except OSError:  # it has exited meanwhile
+            return []
+        return children + [d for child in children for d in descendants(child)]
+
+    for pid in [*descendants(process.pid), process.pid]:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
 def finish(process: subprocess.Popen, timeout: float = 60) -> str:
-    """stderr once torchrun exits; a hang kills every process of the group and fails."""
+    """stderr once torchrun exits; a hang kills torchrun and its workers, and fails."""
     try:
         return process.communicate(timeout=timeout)[1]
     except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
+        kill_all(process)
         stderr = process.communicate()[1]
         pytest.fail(f"torchrun still running after {timeout} s (a hang): {stderr[-3000:]}")
 
@@ -64,7 +79,7 @@ def wait_for_step(run: Path, step: int, process: subprocess.Popen) -> None:
         if (run / "metrics.jsonl").is_file() and len(losses(run)) >= step:
             return
         time.sleep(0.05)
-    os.killpg(process.pid, signal.SIGKILL)
+    kill_all(process)
     pytest.fail(f"training never reached step {step}: {process.communicate()[1][-3000:]}")
 
 
@@ -73,7 +88,7 @@ def test_sigint_and_resume_equal_an_uninterrupted_two_process_run(tmp_path, smal
     config = write_config(tiny(run, small_corpus, "train.max_steps=100000"), tmp_path / "c.yaml")
     process = torchrun(config, tmp_path)
     wait_for_step(run, 3, process)
-    os.killpg(process.pid, signal.SIGINT)  # as Ctrl-C does: torchrun and both workers
+    process.send_signal(signal.SIGINT)  # torchrun passes it on to both workers
     stderr = finish(process)
     assert "--resume" in stderr, stderr[-3000:]
     saved = torch.load(run / "checkpoints" / "last.pt", weights_only=False)
