@@ -22,9 +22,11 @@ from test_train import losses, tiny, write_config
 from typer.testing import CliRunner
 
 from mha.cli.app import app
+from mha.data.files import DataError
 from mha.inference import checkpoint
 from mha.inference.checkpoint import CheckpointError
 from mha.training.loop import train
+from mha.training.monitor import read_metrics
 
 
 def test_a_checkpoint_with_nan_weights_is_refused_and_the_previous_one_kept(tmp_path):
@@ -50,6 +52,15 @@ def test_a_killed_writes_leftovers_are_removed_at_the_next_start_and_never_read(
     train(tiny(run, small_corpus, "train.max_steps=6", "train.eval_every=5"), resume=True)
     assert not any(leftover.exists() for leftover in leftovers)
     assert sorted(losses(run)) == [1, 2, 3, 4, 5, 6]
+
+
+def test_a_metrics_line_cut_short_by_a_kill_is_dropped_on_resume(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"step": 1, "loss": 5.0}\n{"step": 2, "lo', encoding="utf-8")
+    assert read_metrics(path) == [{"step": 1, "loss": 5.0}]
+    path.write_text('{"step": 1, "lo\n{"step": 2, "loss": 5.0}\n', encoding="utf-8")
+    with pytest.raises(DataError, match="line 1: not a metrics record"):
+        read_metrics(path)  # only the last line can be cut short by a kill
 
 
 def test_a_full_disk_during_a_checkpoint_write_keeps_the_previous_checkpoint(
