@@ -34,7 +34,8 @@ class Monitor:
         self.path, self.picture = run_dir / "metrics.jsonl", run_dir / "curves.png"
         self.records: list[dict] = []
         if resumed_step is not None and self.path.is_file():
-            self.records = [r for r in read_metrics(self.path) if r["step"] <= resumed_step]
+            self.records = [r for r in read_metrics(self.path, drop_cut_last_line=True)
+                            if r["step"] <= resumed_step]
         text = "".join(json.dumps(r) + "\n" for r in self.records)
         atomic_write(self.path, lambda file: file.write(text.encode()))
         self.file = self.path.open("a", encoding="utf-8")
@@ -99,9 +100,10 @@ class Monitor:
             self.tensorboard.close()
 
 
-def read_metrics(path: Path) -> list[dict]:
-    """The records of a metrics.jsonl. Raises DataError naming a line that is not a record; a
-    last line that is not JSON (cut short by a killed run) is dropped with a warning."""
+def read_metrics(path: Path, *, drop_cut_last_line: bool = False) -> list[dict]:
+    """The records of a metrics.jsonl. Raises DataError naming a line that is not a record;
+    with `drop_cut_last_line` (resuming), a last line that is not JSON, cut short by a full
+    disk or a killed run, is dropped with a warning instead."""
     records = []
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
@@ -111,7 +113,7 @@ def read_metrics(path: Path) -> list[dict]:
         try:
             record = json.loads(line) if line.strip() else None
         except ValueError:
-            if number == len(lines):
+            if drop_cut_last_line and number == len(lines):
                 log.warning("%s: dropped line %d, cut short by an interrupted run", path, number)
                 continue
             record = {}
