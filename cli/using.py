@@ -18,6 +18,9 @@ BeamOpt = Annotated[int | None, typer.Option(
     "--beam", min=1, help="Beam size; 1 is greedy (default: the run's decode.beam).")]
 BatchOpt = Annotated[int | None, typer.Option(
     "--batch-size", min=1, help="Sentences per batch (default: the run's decode.batch_size).")]
+EngineOpt = Annotated[str, typer.Option(
+    "--engine", help="mha (its own decoder) or ctranslate2 (the model `mha export` wrote into "
+    "RUN/ctranslate2; RUN may also be that folder).")]
 
 
 @command
@@ -39,8 +42,10 @@ def translate(
         "--attention", help="Draw the sentence's attention into this PNG.")] = None,
     self_attention: Annotated[bool, typer.Option(
         "--self-attention", help="With --attention, draw self-attention too.")] = False,
+    engine: EngineOpt = "mha",
 ) -> None:
     """Translate sentences from the arguments, a file or stdin: one output line per input line."""
+    from mha.cli.engines import check_engine, translate_exported
     from mha.cli.stdin import stdin_chunks
     from mha.data.files import read_lines
     from mha.inference.run import load_model
@@ -52,7 +57,12 @@ def translate(
     )
 
     _check_sources(texts, input_file, attention, self_attention)
+    check_engine(engine, no_cache or attention is not None)
     lines = read_lines(input_file) if input_file else texts  # fails before the model loads
+    if engine == "ctranslate2":
+        outputs = translate_exported(run_dir, device, lines, batch_size, beam,
+                                     str(input_file or "the arguments"))
+        return _emit(outputs, output_file)
     model, tokenizer, cfg = load_model(run_dir, which, device)
     if lines is not None:
         warn_unknown_characters(tokenizer, lines, str(input_file or "the arguments"))
@@ -132,25 +142,26 @@ def eval(  # the command's name; shadows the builtin only inside this module
     batch_size: BatchOpt = None,
     which: CheckpointOpt = "best",
     device: DeviceOpt = "auto",
+    engine: EngineOpt = "mha",
 ) -> None:
     """Translate a test set and score it with sacreBLEU (BLEU cased and lowercased, chrF, with
     their signatures)."""
     import json
 
-    from mha.inference.evaluate import eval_set, evaluate
-    from mha.inference.run import load_model
+    from mha.cli.engines import check_engine, line_translator
+    from mha.inference.evaluate import eval_set, evaluate_with
     from mha.inference.translate import warn_unknown_characters
 
-    model, tokenizer, cfg = load_model(run_dir, which, device)
+    check_engine(engine)
+    translate, tokenizer, beam = line_translator(run_dir, engine, which, device, batch_size, beam)
     sources, references, name = eval_set(run_dir, split, src_file, ref_file)
     warn_unknown_characters(tokenizer, sources, str(src_file or f"the {split} split"))
-    beam = beam or cfg.decode.beam
-    decoding = "greedy" if beam == 1 else f"beam{beam}"
+    decoding = ("greedy" if beam == 1 else f"beam{beam}") + ("" if engine == "mha" else
+                                                             f".{engine}")
     hyp_path = output_file or run_dir / "eval" / f"{name}.{decoding}.hyp"
     result_path = run_dir / "eval" / f"{name}.{decoding}.json"  # read by `mha compare`
-    result = evaluate(model, tokenizer, sources, references, beam=beam, decode_cfg=cfg.decode,
-                      batch_size=batch_size or cfg.decode.batch_size, hyp_path=hyp_path,
-                      result_path=result_path)
+    result = evaluate_with(translate, sources, references, beam=beam, hyp_path=hyp_path,
+                           result_path=result_path)
     if as_json:
         typer.echo(json.dumps(result))
         return
@@ -189,3 +200,26 @@ def tune_decode(
     path = save_choice(run_dir, trials, which)
     typer.echo(f"val BLEU (cased) of {len(sources)} sentences:\n{format_table(trials)}")
     typer.echo(f"chose {describe(choose(trials))}: written to {path}")
+
+
+@command
+def export(
+    run_dir: RunArg,
+    to: Annotated[str, typer.Option("--to", help="The engine to export for: ctranslate2.")],
+    output: Annotated[Path | None, typer.Option(
+        "--output", help="The model folder to write (default: RUN/ctranslate2).",
+        show_default=False)] = None,
+    quantization: Annotated[str, typer.Option(
+        "--quantization", help="Weights: float32, int8, int16 or bf16 (those CTranslate2 runs "
+        "on this CPU).")] = "float32",
+    which: CheckpointOpt = "best",
+    force: Annotated[bool, typer.Option(
+        "--force", help="Replace an output folder that is not empty.")] = False,
+) -> None:
+    """Write the model as a CTranslate2 model folder, with its tokenizer and a README."""
+    from mha.inference.export import export as export_model
+
+    folder = export_model(run_dir, to=to, output=output, quantization=quantization, which=which,
+                          force=force)
+    typer.echo(f"wrote {folder} ({quantization} weights); {folder}/README.md shows how to use it, "
+               f"or: mha translate {folder} --engine {to} \"a sentence\"")
