@@ -24,7 +24,7 @@ def check_engine(engine: str, own_decoder_options: bool = False) -> None:
 
 def translate_exported(
     run_dir: Path, device: str, lines: list[str] | None, batch_size: int | None,
-    beam: int | None, name: str,
+    beam: int | None, input_file: Path | None,
 ) -> Iterator[str]:
     """`mha translate --engine ctranslate2`: lines (None: stdin) with the run's decode defaults,
     warning about characters the tokenizer does not know, as mha's own decoder does."""
@@ -36,7 +36,7 @@ def translate_exported(
     options = {"batch_size": batch_size or engine.cfg.decode.batch_size,
                "beam": beam or engine.cfg.decode.beam}
     if lines is not None:
-        warn_unknown_characters(engine.tokenizer, lines, name)
+        warn_unknown_characters(engine.tokenizer, lines, str(input_file or "the arguments"))
         return engine.translate_lines(lines, **options)
     chunks = warn_unknown_in_chunks(engine.tokenizer, stdin_chunks(options["batch_size"]))
     return engine.translate_chunks(chunks, **options)

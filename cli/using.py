@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from mha.cli.app import command, fail
+from mha.cli.engines import check_engine, line_translator, translate_exported
 
 RunArg = Annotated[Path, typer.Argument(help="A run folder made by `mha train`.")]
 CheckpointOpt = Annotated[str, typer.Option(
@@ -45,7 +46,6 @@ def translate(
     engine: EngineOpt = "mha",
 ) -> None:
     """Translate sentences from the arguments, a file or stdin: one output line per input line."""
-    from mha.cli.engines import check_engine, translate_exported
     from mha.cli.stdin import stdin_chunks
     from mha.data.files import read_lines
     from mha.inference.run import load_model
@@ -56,24 +56,19 @@ def translate(
         warn_unknown_in_chunks,
     )
 
-    _check_sources(texts, input_file, attention, self_attention)
-    check_engine(engine, no_cache or attention is not None)
+    _check_sources(texts, input_file, attention, self_attention, engine, no_cache)
     lines = read_lines(input_file) if input_file else texts  # fails before the model loads
-    if engine == "ctranslate2":
-        outputs = translate_exported(run_dir, device, lines, batch_size, beam,
-                                     str(input_file or "the arguments"))
-        return _emit(outputs, output_file)
+    if engine != "mha":
+        return _emit(translate_exported(run_dir, device, lines, batch_size, beam, input_file),
+                     output_file)
     model, tokenizer, cfg = load_model(run_dir, which, device)
     if lines is not None:
         warn_unknown_characters(tokenizer, lines, str(input_file or "the arguments"))
     options = {"batch_size": batch_size or cfg.decode.batch_size, "beam": beam or cfg.decode.beam,
                "use_cache": not no_cache, "decode_cfg": cfg.decode}
-    if attention:
-        from mha.inference.pictures import attention_weights, plot_attention
-
-        weights = attention_weights(model, tokenizer, texts[0], cfg.decode, options["beam"])
-        plot_attention(weights, attention, self_attention=self_attention)
-        outputs = [weights.translation]  # decoded once, for the picture and the answer
+    if attention:  # decoded once, for the picture and the answer
+        outputs = [_draw(model, tokenizer, texts[0], cfg, options["beam"], attention,
+                         self_attention)]
     elif lines is not None:
         outputs = translate_lines(model, tokenizer, lines, **options)
     else:
@@ -83,12 +78,22 @@ def translate(
 
 
 def _check_sources(texts: list[str] | None, input_file: Path | None, attention: Path | None,
-                   self_attention: bool) -> None:
+                   self_attention: bool, engine: str = "mha", no_cache: bool = False) -> None:
+    check_engine(engine, no_cache or attention is not None)
     if texts and input_file:
         fail("give sentences as arguments or with --input FILE, not both")
     if (attention or self_attention) and (attention is None or len(texts or []) != 1):
         fail("--attention FILE.png draws one sentence: give exactly one TEXT "
              "(and --self-attention only with it)")
+
+
+def _draw(model, tokenizer, text: str, cfg, beam: int, picture: Path, self_attention: bool) -> str:
+    """Draw the sentence's attention into `picture`; returns its translation."""
+    from mha.inference.pictures import attention_weights, plot_attention
+
+    weights = attention_weights(model, tokenizer, text, cfg.decode, beam)
+    plot_attention(weights, picture, self_attention=self_attention)
+    return weights.translation
 
 
 def _emit(lines, output_file: Path | None) -> None:
@@ -148,7 +153,6 @@ def eval(  # the command's name; shadows the builtin only inside this module
     their signatures)."""
     import json
 
-    from mha.cli.engines import check_engine, line_translator
     from mha.inference.evaluate import eval_set, evaluate_with
     from mha.inference.translate import warn_unknown_characters
 
