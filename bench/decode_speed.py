@@ -8,7 +8,12 @@ gives the milliseconds a decoder step takes and the MiB of weights one step read
 step reads all its weights once, cached or not, and runs the same ops, a cost the cache cannot
 save (bench/cache_curve.py shows its gain by output length).
 
+With ctranslate2 installed, the run is also exported (`mha export`, float32) into a temporary
+folder and decoded greedily by CTranslate2 float32 and int8 (weights quantized on load), on the
+same sentences and batching as mha's rows, with `intra_threads` set to --ct2-threads.
+
     python bench/decode_speed.py RUN [--limit N] [--batch1-limit 200] [--device auto]
+                                     [--only "greedy, cache" --only CTranslate2] [--repeat 3]
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import platform
 import resource
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -27,6 +33,10 @@ CASES = [  # (name, beam, use_cache, batch size or None for --batch-size)
     ("beam 4", 4, True, 1),
     ("greedy, cache", 1, True, None), ("greedy, no cache", 1, False, None),
     ("beam 4", 4, True, None),
+]
+CT2_CASES = [  # (name, compute type, batch size or None for --batch-size): greedy
+    ("CTranslate2 float32, greedy", "float32", 1), ("CTranslate2 int8, greedy", "int8", 1),
+    ("CTranslate2 float32, greedy", "float32", None), ("CTranslate2 int8, greedy", "int8", None),
 ]
 
 
@@ -83,10 +93,27 @@ def step_weights(model, use_cache: bool) -> int:
     return sum(p.numel() * p.element_size() for p in params if not (use_cache and id(p) in skip))
 
 
-def run_case(args: argparse.Namespace, beam: int, use_cache: bool, batch: int, count: int) -> dict:
-    command = [sys.executable, __file__, str(args.run), "--child", "--beam", str(beam),
-               "--batch", str(batch), "--count", str(count), "--checkpoint", args.checkpoint,
-               "--device", args.device] + ([] if use_cache else ["--no-cache"])
+def ct2_child(args: argparse.Namespace) -> None:
+    """One CTranslate2 case: the same sentences, batching and JSON line as `child`."""
+    from mha.inference.ct2 import CTranslate2Engine
+
+    lines = sources(args.run, args.src_file)[:args.count]
+    engine = CTranslate2Engine(args.export, compute_type=args.ct2, threads=args.ct2_threads)
+    list(engine.translate_lines(lines[:2], batch_size=args.batch, beam=1))  # warm-up
+    loaded_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    start = time.perf_counter()
+    outputs = list(engine.translate_lines(lines, batch_size=args.batch, beam=1))
+    seconds = time.perf_counter() - start
+    peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(json.dumps({"seconds": seconds, "sentences": len(outputs), "steps": None,
+                      "step_weights_mib": None, "peak_kib": peak_kib,
+                      "decode_kib": peak_kib - loaded_kib, "gpu_bytes": 0}))
+
+
+def run_case(args: argparse.Namespace, options: list[str], batch: int, count: int) -> dict:
+    command = [sys.executable, __file__, str(args.run), "--child", "--batch", str(batch),
+               "--count", str(count), "--checkpoint", args.checkpoint, "--device", args.device,
+               "--ct2-threads", str(args.ct2_threads), *options]
     if args.src_file:
         command += ["--src-file", str(args.src_file)]
     done = subprocess.run(command, check=False, capture_output=True, text=True)
@@ -95,7 +122,81 @@ def run_case(args: argparse.Namespace, beam: int, use_cache: bool, batch: int, c
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def cases(args: argparse.Namespace, export_dir: Path | None) -> list[tuple[str, list[str], int]]:
+    """(name, child options, batch size) for every case to time."""
+    mha = [(name, ["--beam", str(beam)] + ([] if use_cache else ["--no-cache"]),
+            batch or args.batch_size) for name, beam, use_cache, batch in CASES]
+    if export_dir is None:
+        return mha
+    return mha + [(name, ["--ct2", compute_type, "--export", str(export_dir)],
+                   batch or args.batch_size) for name, compute_type, batch in CT2_CASES]
+
+
+def export_run(args: argparse.Namespace, folder: Path) -> Path | None:
+    """The run exported to CTranslate2 (float32) in folder, or None without ctranslate2."""
+    from mha.inference.export import ExportError, export, import_ctranslate2
+
+    try:
+        import_ctranslate2()
+    except ExportError as error:
+        print(f"no CTranslate2 rows: {error}")
+        return None
+    return export(args.run, output=folder / "ct2", which=args.checkpoint)
+
+
+def row(name: str, batch: int, result: dict) -> str:
+    per_step = (f"{1000 * result['seconds'] / result['steps']:.2f}" if result["steps"] else "-")
+    weights = f"{result['step_weights_mib']:.1f}" if result["step_weights_mib"] else "-"
+    gpu = f" / {result['gpu_bytes'] / 2**20:.0f}" if result["gpu_bytes"] else ""
+    return (f"| {name} | {batch} | {result['sentences']} | {result['seconds']:.2f} | "
+            f"{result['sentences'] / result['seconds']:.1f} | {per_step} | {weights} | "
+            f"{result['peak_kib'] / 1024:.0f} | {result['decode_kib'] / 1024:.0f}{gpu} |")
+
+
 def main() -> None:
+    args = parse_args()
+    if args.child:
+        return ct2_child(args) if args.ct2 else child(args)
+    total = len(sources(args.run, args.src_file)[:args.limit])
+    best: dict[tuple[str, int], dict] = {}  # the fastest of --repeat turns per (case, batch)
+    with tempfile.TemporaryDirectory() as folder:
+        export_dir = export_run(args, Path(folder))
+        chosen = [case for case in cases(args, export_dir)
+                  if not args.only or any(part in case[0] for part in args.only)]
+        for _ in range(args.repeat):  # cases take turns, so a busy spell hits them alike
+            for name, options, batch in chosen:
+                count = min(total, args.batch1_limit) if batch == 1 else total
+                result = run_case(args, options, batch, count)
+                if (name, batch) not in best or result["seconds"] < best[name, batch]["seconds"]:
+                    best[name, batch] = result
+    info = next(result for result in best.values() if "model" in result)
+    print(f"Decoding {args.run} ({info['model']}) on {info['device']}, "
+          f"{info['threads']} torch threads, CTranslate2 intra_threads {args.ct2_threads}, "
+          f"{platform.processor() or platform.machine()}; batch-1 cases on the first "
+          f"{min(total, args.batch1_limit)} of {total} sentences; best of {args.repeat}.\n")
+    print("| case | batch | sentences | seconds | sentences/s | ms per decoder step | "
+          "weights a step reads, MiB | peak RSS MiB | decoding's own peak MiB (RSS / GPU) |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    print("\n".join(row(name, batch, result) for (name, batch), result in best.items()))
+    summary({key: result["sentences"] / result["seconds"] for key, result in best.items()},
+            args.batch_size)
+
+
+def summary(speed: dict[tuple[str, int], float], batch_size: int) -> None:
+    """The ratios the README quotes, for the cases that ran."""
+    print()
+    if ("greedy, cache", 1) in speed and ("greedy, no cache", 1) in speed:
+        print(f"cache speed-up at batch 1: "
+              f"{speed['greedy, cache', 1] / speed['greedy, no cache', 1]:.1f}x (target >= 5x)")
+    for batch in (1, batch_size):
+        for compute_type in ("float32", "int8"):
+            theirs = speed.get((f"CTranslate2 {compute_type}, greedy", batch))
+            if theirs and ("greedy, cache", batch) in speed:
+                print(f"batch {batch}: CTranslate2 {compute_type} / mha cached greedy: "
+                      f"{theirs / speed['greedy, cache', batch]:.2f}x")
+
+
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run", type=Path)
     parser.add_argument("--limit", type=int, default=None, help="Use only the first N sentences.")
@@ -104,40 +205,20 @@ def main() -> None:
     parser.add_argument("--src-file", type=Path, default=None)
     parser.add_argument("--checkpoint", default="best")
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--ct2-threads", type=int, default=2, help="CTranslate2 intra_threads.")
+    parser.add_argument("--only", action="append", default=[],
+                        help="Run only cases whose name holds this text (repeatable).")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="Time each case N times (taking turns), keep the fastest.")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--beam", type=int, default=1, help=argparse.SUPPRESS)
     parser.add_argument("--batch", type=int, default=1, help=argparse.SUPPRESS)
     parser.add_argument("--count", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--no-cache", dest="use_cache", action="store_false",
                         help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.child:
-        return child(args)
-
-    total = len(sources(args.run, args.src_file)[:args.limit])
-    rows, speed = [], {}
-    for name, beam, use_cache, batch in CASES:
-        batch = batch or args.batch_size
-        count = min(total, args.batch1_limit) if batch == 1 else total
-        result = run_case(args, beam, use_cache, batch, count)
-        speed[name, batch] = result["sentences"] / result["seconds"]
-        gpu = f" / {result['gpu_bytes'] / 2**20:.0f}" if result["gpu_bytes"] else ""
-        rows.append(f"| {name} | {batch} | {result['sentences']} | {result['seconds']:.2f} | "
-                    f"{speed[name, batch]:.1f} | "
-                    f"{1000 * result['seconds'] / result['steps']:.2f} | "
-                    f"{result['step_weights_mib']:.1f} | {result['peak_kib'] / 1024:.0f} | "
-                    f"{result['decode_kib'] / 1024:.0f}{gpu} |")
-    print(f"Decoding {args.run} ({result['model']}) on {result['device']}, "
-          f"{result['threads']} torch threads, {platform.processor() or platform.machine()}; "
-          f"batch-1 cases on the first {min(total, args.batch1_limit)} of {total} sentences.\n")
-    print("| case | batch | sentences | seconds | sentences/s | ms per decoder step | "
-          "weights a step reads, MiB | peak RSS MiB | decoding's own peak MiB (RSS / GPU) |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    print("\n".join(rows))
-    cached, uncached = speed["greedy, cache", 1], speed["greedy, no cache", 1]
-    print(f"\ncache speed-up at batch 1: {cached / uncached:.1f}x (target >= 5x); "
-          f"batched cached greedy: {speed['greedy, cache', args.batch_size]:.0f} sentences/s "
-          f"(target >= 150 at 3+3 layers, d_model 256)")
+    parser.add_argument("--ct2", default=None, help=argparse.SUPPRESS)  # compute type
+    parser.add_argument("--export", type=Path, default=None, help=argparse.SUPPRESS)
+    return parser.parse_args()
 
 
 if __name__ == "__main__":

@@ -27,9 +27,10 @@ def user_errors() -> tuple[type[Exception], ...]:
     """The project's own errors: shown as one line on stderr with exit code 2, no traceback."""
     from mha.data.files import DataError
     from mha.inference.checkpoint import CheckpointError
+    from mha.inference.export import ExportError
     from mha.training.loop import TrainingError
 
-    return ConfigError, DataError, CheckpointError, TrainingError
+    return ConfigError, DataError, CheckpointError, TrainingError, ExportError
 
 
 def fail(message: str) -> None:

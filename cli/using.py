@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from mha.cli.app import command, fail
+from mha.cli.engines import check_engine, line_translator, translate_exported
 
 RunArg = Annotated[Path, typer.Argument(help="A run folder made by `mha train`.")]
 CheckpointOpt = Annotated[str, typer.Option(
@@ -18,6 +19,9 @@ BeamOpt = Annotated[int | None, typer.Option(
     "--beam", min=1, help="Beam size; 1 is greedy (default: the run's decode.beam).")]
 BatchOpt = Annotated[int | None, typer.Option(
     "--batch-size", min=1, help="Sentences per batch (default: the run's decode.batch_size).")]
+EngineOpt = Annotated[str, typer.Option(
+    "--engine", help="mha (its own decoder) or ctranslate2 (the model `mha export` wrote into "
+    "RUN/ctranslate2; RUN may also be that folder).")]
 
 
 @command
@@ -39,6 +43,7 @@ def translate(
         "--attention", help="Draw the sentence's attention into this PNG.")] = None,
     self_attention: Annotated[bool, typer.Option(
         "--self-attention", help="With --attention, draw self-attention too.")] = False,
+    engine: EngineOpt = "mha",
 ) -> None:
     """Translate sentences from the arguments, a file or stdin: one output line per input line."""
     from mha.cli.stdin import stdin_chunks
@@ -51,19 +56,19 @@ def translate(
         warn_unknown_in_chunks,
     )
 
-    _check_sources(texts, input_file, attention, self_attention)
+    _check_sources(texts, input_file, attention, self_attention, engine, no_cache)
     lines = read_lines(input_file) if input_file else texts  # fails before the model loads
+    if engine != "mha":
+        return _emit(translate_exported(run_dir, device, lines, batch_size, beam, input_file),
+                     output_file)
     model, tokenizer, cfg = load_model(run_dir, which, device)
     if lines is not None:
         warn_unknown_characters(tokenizer, lines, str(input_file or "the arguments"))
     options = {"batch_size": batch_size or cfg.decode.batch_size, "beam": beam or cfg.decode.beam,
                "use_cache": not no_cache, "decode_cfg": cfg.decode}
-    if attention:
-        from mha.inference.pictures import attention_weights, plot_attention
-
-        weights = attention_weights(model, tokenizer, texts[0], cfg.decode, options["beam"])
-        plot_attention(weights, attention, self_attention=self_attention)
-        outputs = [weights.translation]  # decoded once, for the picture and the answer
+    if attention:  # decoded once, for the picture and the answer
+        outputs = [_draw(model, tokenizer, texts[0], cfg, options["beam"], attention,
+                         self_attention)]
     elif lines is not None:
         outputs = translate_lines(model, tokenizer, lines, **options)
     else:
@@ -73,12 +78,22 @@ def translate(
 
 
 def _check_sources(texts: list[str] | None, input_file: Path | None, attention: Path | None,
-                   self_attention: bool) -> None:
+                   self_attention: bool, engine: str = "mha", no_cache: bool = False) -> None:
+    check_engine(engine, no_cache or attention is not None)
     if texts and input_file:
         fail("give sentences as arguments or with --input FILE, not both")
     if (attention or self_attention) and (attention is None or len(texts or []) != 1):
         fail("--attention FILE.png draws one sentence: give exactly one TEXT "
              "(and --self-attention only with it)")
+
+
+def _draw(model, tokenizer, text: str, cfg, beam: int, picture: Path, self_attention: bool) -> str:
+    """Draw the sentence's attention into `picture`; returns its translation."""
+    from mha.inference.pictures import attention_weights, plot_attention
+
+    weights = attention_weights(model, tokenizer, text, cfg.decode, beam)
+    plot_attention(weights, picture, self_attention=self_attention)
+    return weights.translation
 
 
 def _emit(lines, output_file: Path | None) -> None:
@@ -132,25 +147,25 @@ def eval(  # the command's name; shadows the builtin only inside this module
     batch_size: BatchOpt = None,
     which: CheckpointOpt = "best",
     device: DeviceOpt = "auto",
+    engine: EngineOpt = "mha",
 ) -> None:
     """Translate a test set and score it with sacreBLEU (BLEU cased and lowercased, chrF, with
     their signatures)."""
     import json
 
-    from mha.inference.evaluate import eval_set, evaluate
-    from mha.inference.run import load_model
+    from mha.inference.evaluate import eval_set, evaluate_with
     from mha.inference.translate import warn_unknown_characters
 
-    model, tokenizer, cfg = load_model(run_dir, which, device)
+    check_engine(engine)
+    translate, tokenizer, beam = line_translator(run_dir, engine, which, device, batch_size, beam)
     sources, references, name = eval_set(run_dir, split, src_file, ref_file)
     warn_unknown_characters(tokenizer, sources, str(src_file or f"the {split} split"))
-    beam = beam or cfg.decode.beam
-    decoding = "greedy" if beam == 1 else f"beam{beam}"
+    decoding = ("greedy" if beam == 1 else f"beam{beam}") + ("" if engine == "mha" else
+                                                             f".{engine}")
     hyp_path = output_file or run_dir / "eval" / f"{name}.{decoding}.hyp"
     result_path = run_dir / "eval" / f"{name}.{decoding}.json"  # read by `mha compare`
-    result = evaluate(model, tokenizer, sources, references, beam=beam, decode_cfg=cfg.decode,
-                      batch_size=batch_size or cfg.decode.batch_size, hyp_path=hyp_path,
-                      result_path=result_path)
+    result = evaluate_with(translate, sources, references, beam=beam, hyp_path=hyp_path,
+                           result_path=result_path)
     if as_json:
         typer.echo(json.dumps(result))
         return
@@ -189,3 +204,26 @@ def tune_decode(
     path = save_choice(run_dir, trials, which)
     typer.echo(f"val BLEU (cased) of {len(sources)} sentences:\n{format_table(trials)}")
     typer.echo(f"chose {describe(choose(trials))}: written to {path}")
+
+
+@command
+def export(
+    run_dir: RunArg,
+    to: Annotated[str, typer.Option("--to", help="The engine to export for: ctranslate2.")],
+    output: Annotated[Path | None, typer.Option(
+        "--output", help="The model folder to write (default: RUN/ctranslate2).",
+        show_default=False)] = None,
+    quantization: Annotated[str, typer.Option(
+        "--quantization", help="Weights: float32, int8, int16 or bf16 (those CTranslate2 runs "
+        "on this CPU).")] = "float32",
+    which: CheckpointOpt = "best",
+    force: Annotated[bool, typer.Option(
+        "--force", help="Replace an output folder that is not empty.")] = False,
+) -> None:
+    """Write the model as a CTranslate2 model folder, with its tokenizer and a README."""
+    from mha.inference.export import export as export_model
+
+    folder = export_model(run_dir, to=to, output=output, quantization=quantization, which=which,
+                          force=force)
+    typer.echo(f"wrote {folder} ({quantization} weights); {folder}/README.md shows how to use it, "
+               f"or: mha translate {folder} --engine {to} \"a sentence\"")

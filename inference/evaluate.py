@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from sacrebleu.metrics import BLEU, CHRF
@@ -80,9 +81,21 @@ def evaluate(
 
     Returns score()'s keys plus sentences, seconds, sentences_per_second, beam and hypotheses.
     """
+    def translate(lines: list[str]) -> Iterable[str]:
+        return translate_lines(model, tokenizer, lines, batch_size=batch_size, beam=beam,
+                               use_cache=True, decode_cfg=decode_cfg)
+
+    return evaluate_with(translate, sources, references, beam=beam, hyp_path=hyp_path,
+                         result_path=result_path)
+
+
+def evaluate_with(
+    translate: Callable[[list[str]], Iterable[str]], sources: list[str], references: list[str],
+    *, beam: int, hyp_path: Path | None = None, result_path: Path | None = None,
+) -> dict:
+    """`evaluate` with any translator (a line of output per line in): mha's or an exported one."""
     start = time.perf_counter()
-    hypotheses = list(translate_lines(model, tokenizer, sources, batch_size=batch_size, beam=beam,
-                                      use_cache=True, decode_cfg=decode_cfg))
+    hypotheses = list(translate(sources))
     seconds = time.perf_counter() - start
     result = score(hypotheses, references)
     if hyp_path is not None:

@@ -39,10 +39,10 @@ SENTENCES = ["Ein Mann fährt Fahrrad.", "Zwei Hunde spielen im Schnee.",
 _RUNS: dict[int, Path] = {}  # one run per session, also when test_eval imports the fixture
 
 
-def make_tiny_run(folder: Path, corpus: Path, steps: int = 60) -> Path:
+def make_tiny_run(folder: Path, corpus: Path, steps: int = 60, overrides: list[str] = ()) -> Path:
     """A run folder as `mha train` leaves it: config.yaml, tokenizer/, data/, checkpoints/."""
     cfg = load_config("tiny", [f"run_dir={folder}", f"data.corpus={corpus}", "data.vocab_size=200",
-                               "model.dropout=0.0"])
+                               "model.dropout=0.0", *overrides])
     prepared = prepare(cfg)
     torch.manual_seed(0)
     tokenizer = prepared.tokenizer
