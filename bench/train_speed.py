@@ -2,7 +2,9 @@
 
 For each model size: training tokens/s (source + target, padding excluded), seconds per update,
 achieved GFLOP/s (the FLOPs that `mha info` counts, x3 for forward + backward) and MFU against the
-matmul peaks this script measures first, fp32 and bf16. Prints a markdown table.
+matmul peaks this script measures first, fp32 and bf16. Every (model, precision) pair trains its
+own copy of the same initial weights, and all of them take turns batch by batch. Prints a
+markdown table.
 
     python bench/train_speed.py [--steps 8] [--precision fp32 bf16] [--joeynmt PYTHON]
 
@@ -64,12 +66,12 @@ class TorchTransformer(nn.Module):
         self.scale = math.sqrt(cfg.d_model)
         self.positions = Transformer(cfg, vocab, vocab).positions
 
-    def forward(self, src, tgt_in, keep):
+    def forward(self, src, tgt_in, predict):
         embed = lambda ids: self.embed(ids) * self.scale + self.positions(ids.shape[1])
         causal = self.body.generate_square_subsequent_mask(tgt_in.shape[1], dtype=torch.bool)
         hidden = self.body(embed(src), embed(tgt_in), tgt_mask=causal, tgt_is_causal=True,
                            src_key_padding_mask=src.eq(0), memory_key_padding_mask=src.eq(0))
-        return self.output(hidden[keep])  # (N, V): the same output layer and loss as mha's
+        return self.output(hidden[predict])  # (N, V): the same output layer and loss as mha's
 
 
 def train_step(model: nn.Module, optimizer, batch, precision: str) -> float:
@@ -83,22 +85,23 @@ def train_step(model: nn.Module, optimizer, batch, precision: str) -> float:
     return time.perf_counter() - start
 
 
-def time_side_by_side(models: dict[str, nn.Module], batches: list, precision: str) -> dict:
-    """Seconds per update of each model, median over the batches after two warm-up updates.
+def time_side_by_side(models: dict[tuple[str, str], nn.Module], batches: list) -> dict:
+    """Seconds per update of each (model, precision), median over the batches after two warm-up
+    updates.
 
     The models take turns batch by batch, in alternating order, so a slow spell of this noisy
     machine slows them alike; the ratio of their medians is what the table's verdict quotes.
     """
-    optimizers = {label: torch.optim.Adam(m.parameters(), lr=1e-4, betas=(0.9, 0.98), eps=1e-9)
-                  for label, m in models.items()}
-    times = {label: [] for label in models}
+    optimizers = {key: torch.optim.Adam(m.parameters(), lr=1e-4, betas=(0.9, 0.98), eps=1e-9)
+                  for key, m in models.items()}
+    times = {key: [] for key in models}
     for i, batch in enumerate(batches):
-        for label in (list(models) if i % 2 else list(reversed(models))):
-            models[label].train()
-            seconds = train_step(models[label], optimizers[label], batch, precision)
+        for key in (list(models) if i % 2 else list(reversed(models))):
+            models[key].train()
+            seconds = train_step(models[key], optimizers[key], batch, key[1])
             if i >= 2:
-                times[label].append(seconds)
-    return {label: sorted(t)[len(t) // 2] for label, t in times.items()}
+                times[key].append(seconds)
+    return {key: sorted(t)[len(t) // 2] for key, t in times.items()}
 
 
 def main() -> None:
@@ -137,12 +140,14 @@ def main() -> None:
                         for b in timed) / len(timed)
             timings = {}  # (label, precision) -> (seconds per update, tokens, FLOPs, padding)
             same = (src_tokens + tgt_tokens, flops, 1 - (src_tokens + tgt_tokens) / padded)
+            models = {}  # every (implementation, precision) from the same initial weights
             for precision in args.precision:
-                torch.manual_seed(0)
-                models = {"mha": Transformer(cfg.model, vocab, vocab),
-                          "torch.nn.Transformer": TorchTransformer(cfg.model, vocab, vocab)}
-                for label, seconds in time_side_by_side(models, batches, precision).items():
-                    timings[label, precision] = (seconds, *same)
+                for label, kind in (("mha", Transformer),
+                                    ("torch.nn.Transformer", TorchTransformer)):
+                    torch.manual_seed(0)
+                    models[label, precision] = kind(cfg.model, vocab, vocab)
+            for key, seconds in time_side_by_side(models, batches).items():
+                timings[key] = (seconds, *same)
             if args.joeynmt:
                 own = joeynmt_timings(args.joeynmt, cfg, vocab, batches, train, args.steps,
                                       Path(tmp))
@@ -162,6 +167,12 @@ def main() -> None:
             ratios.append((name, timings))
     print()
     for name, timings in ratios:
+        if "bf16" in args.precision and "fp32" in args.precision:
+            for label in ("mha", "torch.nn.Transformer"):
+                gain = timings[label, "fp32"][0] / timings[label, "bf16"][0]
+                print(f"{name}: {label}'s bf16 update is {gain:.2f}x as fast as its fp32 update")
+        if "fp32" not in args.precision:
+            continue
         seconds, tokens, *_ = timings["mha", "fp32"]
         for (label, precision), (other, other_tokens, *_) in timings.items():
             if label != "mha" and precision == "fp32":
