@@ -130,7 +130,7 @@ def _check_model(m: ModelConfig) -> list[str]:
 
 
 def _check_train(t: TrainConfig) -> list[str]:
-    problems = _choices({"train.precision": (t.precision, ("fp32", "bf16", "fp16")),
+    problems = _choices({"train.precision": (t.precision, ("fp32", "bf16", "fp16", "auto")),
                          "train.schedule": (t.schedule, ("inverse_sqrt", "linear")),
                          "train.device": (t.device, ("auto", "cpu", "cuda"))})
     if t.max_time is not None:

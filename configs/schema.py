@@ -85,7 +85,7 @@ class TrainConfig:
     weight_decay: float = 0.0
     subword_sampling: float = 0.0  # training batches: BPE-dropout p or unigram alpha; 0 off
     subword_sampling_tgt: bool = True  # sample the target side too, not just the source
-    precision: str = "fp32"  # fp32 or bf16 (fp16 with a GradScaler on CUDA)
+    precision: str = "fp32"  # fp32, bf16, auto (bf16 if native and faster), fp16 (CUDA)
     seed: int = 1
     eval_every: int = 500
     log_every: int = 50

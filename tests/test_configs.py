@@ -160,7 +160,7 @@ BAD = [
     # choices and ranges
     (["model.norm=middle"], r"model\.norm must be one of pre, post, got 'middle'"),
     (["model.activation=tanh"], r"model\.activation must be one of relu, gelu, got 'tanh'"),
-    (["train.precision=fp8"], r"train\.precision must be one of fp32, bf16, fp16, got 'fp8'"),
+    (["train.precision=fp8"], r"train\.precision must be one of fp32, bf16, fp16, auto, got 'fp8'"),
     (["model.positional=rope"], r"model\.positional must be one of sinusoidal, learned"),
     (["train.device=tpu"], r"train\.device must be one of auto, cpu, cuda, got 'tpu'"),
     (["data.spm_model_type=word"], r"data\.spm_model_type must be one of bpe, unigram"),

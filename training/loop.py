@@ -25,7 +25,7 @@ from mha.training.ema import EMA, validate_scored
 from mha.training.loss import summed_loss
 from mha.training.monitor import Monitor
 from mha.training.optimizer import Optimizer
-from mha.training.precision import autocast, check_precision
+from mha.training.precision import check_precision, settle
 from mha.training.schedule import lr_factor, plan_decay
 from mha.training.signals import StopSignal
 from mha.training.state import (
@@ -91,6 +91,8 @@ class Trainer:
         self.sampler = SubwordSampler.from_config(cfg, self.prepared)
         self.train_set = self.prepared.splits["train"].select_columns(self.sampler.columns)
         self.batches = self.sampler.token_batches(self.train_set)
+        self.autocast = settle(self.settings, self.progress, self.model, self.train_set,
+                               self.batches, self.device, dist)  # train.precision auto decides
         self.stream = self.batches.stream(self.progress.epoch, self.progress.position, dist.rank,
                                           dist.world_size)
         self.ddp_model = dist.wrap(self.model)
@@ -109,7 +111,6 @@ class Trainer:
         self.optim = Optimizer(self.model, settings, self.device,
                                lambda step: lr_factor(step, settings, self.progress))
         self.ema = EMA.attach(self.model, self.optim.adam, settings.ema_decay)  # None when 0
-        self.autocast = autocast(settings.precision, self.device)
 
     def _resume_or_start(self, resume: bool) -> Progress:
         if resume:
