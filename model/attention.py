@@ -96,10 +96,9 @@ class MultiHeadAttention(nn.Module):
         else:
             weights = None
             if blocked is None or (key_padding_mask is None and Tq == Tk):
-                context = F.scaled_dot_product_attention(
-                    q, k, v, dropout_p=dropout, is_causal=blocked is not None)
+                context = _attend(q, k, v, None, dropout, causal=blocked is not None)
             else:  # sdpa's boolean mask marks the positions that take part
-                context = F.scaled_dot_product_attention(q, k, v, ~blocked, dropout_p=dropout)
+                context = _attend(q, k, v, ~blocked, dropout)
         # 4. merge heads: (B, H, Tq, Dk) -> (B, Tq, D), then W_O
         context = context.transpose(1, 2).reshape(B, Tq, self.num_heads * self.d_k)
         return self.w_o(context), weights
@@ -125,6 +124,21 @@ class MultiHeadAttention(nn.Module):
     def _split(self, x: Tensor) -> Tensor:
         B, T, _ = x.shape
         return x.view(B, T, self.num_heads, self.d_k).transpose(1, 2)  # (B, H, T, Dk)
+
+
+def _attend(q: Tensor, k: Tensor, v: Tensor, allowed: Tensor | None, dropout: float,
+            causal: bool = False) -> Tensor:
+    """F.scaled_dot_product_attention, (B, H, Tq, Dk) -> (B, H, Tq, Dk); in fp32 under CPU autocast.
+
+    PyTorch's CPU flash-attention kernel runs ~3x slower in bf16 than in fp32 at this project's
+    sizes (many tiny blocks), so under bf16 autocast on the CPU the attention itself stays fp32;
+    the projections around it keep bf16's fast matmuls.
+    """
+    if q.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
+        with torch.autocast("cpu", enabled=False):
+            return F.scaled_dot_product_attention(q.float(), k.float(), v.float(), allowed,
+                                                  dropout_p=dropout, is_causal=causal)
+    return F.scaled_dot_product_attention(q, k, v, allowed, dropout_p=dropout, is_causal=causal)
 
 
 def _stack(layers: list[nn.Linear]) -> tuple[Tensor, Tensor]:

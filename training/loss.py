@@ -5,10 +5,13 @@ Legend: B batch, S source length, T target length, N real (non-padding) target t
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mha.data.tokenizer import Tokenizer
+
+CHUNK_ROWS = 128  # rows of bf16 logits taken to fp32 at a time: 128 x 8000 x 4 B = 4 MB, in cache
 
 
 def summed_loss(net: nn.Module, src_ids: Tensor, tgt_in: Tensor, tgt_out: Tensor,
@@ -21,5 +24,48 @@ def summed_loss(net: nn.Module, src_ids: Tensor, tgt_in: Tensor, tgt_out: Tensor
     """
     real = tgt_out.ne(pad_id)  # (B, T)
     logits = net(src_ids, tgt_in, predict=real)  # (N, V)
+    if logits.dtype != torch.float32 and logits.device.type == "cpu":  # bf16 autocast
+        return ChunkedCrossEntropy.apply(logits, tgt_out[real], label_smoothing)
     return F.cross_entropy(logits.float(), tgt_out[real], reduction="sum",
                            label_smoothing=label_smoothing)
+
+
+class ChunkedCrossEntropy(torch.autograd.Function):
+    """F.cross_entropy(logits.float(), target, reduction="sum", label_smoothing=eps) for bf16
+    logits (N, V) on the CPU, computed CHUNK_ROWS rows at a time.
+
+    Casting all the logits to fp32 first writes an (N, V) fp32 copy to memory, and the
+    log-softmax, the smoothing term and their gradients each pass over it again: on a CPU at
+    this project's sizes that cost more than the output layer's matmul. Chunk by chunk, the fp32
+    values stay in cache. Per row, with lse the log-sum-exp of the row's logits x:
+
+        loss = lse - (1 - eps) x[target] - eps mean(x)
+        d loss / d x = softmax(x) - (1 - eps) onehot(target) - eps / V
+    """
+
+    @staticmethod
+    def forward(ctx, logits: Tensor, target: Tensor, smoothing: float) -> Tensor:
+        N = logits.shape[0]
+        lse, mean = torch.empty(N), torch.empty(N)  # (N,) each, fp32
+        for start in range(0, N, CHUNK_ROWS):
+            rows = logits[start:start + CHUNK_ROWS].float()  # (n, V)
+            torch.logsumexp(rows, dim=1, out=lse[start:start + CHUNK_ROWS])
+            torch.mean(rows, dim=1, out=mean[start:start + CHUNK_ROWS])
+        picked = logits.gather(1, target.unsqueeze(1)).squeeze(1).float()  # (N,)
+        ctx.save_for_backward(logits, target, lse)
+        ctx.smoothing = smoothing
+        return (lse - (1 - smoothing) * picked - smoothing * mean).sum()
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None, None]:
+        logits, target, lse = ctx.saved_tensors
+        smoothing, (N, V) = ctx.smoothing, logits.shape
+        grad_logits = torch.empty_like(logits)  # (N, V), the logits' dtype
+        for start in range(0, N, CHUNK_ROWS):
+            end = min(start + CHUNK_ROWS, N)
+            rows = torch.sub(logits[start:end].float(), lse[start:end, None])  # (n, V), fp32
+            rows.exp_().sub_(smoothing / V)  # softmax minus the uniform share
+            rows.scatter_add_(1, target[start:end, None],
+                              torch.full((end - start, 1), smoothing - 1.0))
+            grad_logits[start:end] = rows.mul_(grad)
+        return grad_logits, None, None
