@@ -150,3 +150,13 @@ def test_chunked_loss_equals_cross_entropy_of_the_fp32_logits(rows):
     torch.testing.assert_close(loss, reference, rtol=1e-5, atol=1e-4)
     assert logits.grad.dtype == torch.bfloat16
     torch.testing.assert_close(logits.grad.float(), reference_logits.grad, rtol=1e-2, atol=1e-3)
+
+
+def test_chunked_loss_without_gradients_gives_the_same_loss():
+    logits = (torch.randn(300, 50) * 4).bfloat16()
+    target = torch.randint(0, 50, (300,))
+    with torch.no_grad():
+        loss = ChunkedCrossEntropy.apply(logits, target, 0.1)
+    reference = torch.nn.functional.cross_entropy(logits.float(), target, reduction="sum",
+                                                  label_smoothing=0.1)
+    torch.testing.assert_close(loss, reference, rtol=1e-5, atol=1e-4)

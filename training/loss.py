@@ -37,7 +37,8 @@ class ChunkedCrossEntropy(torch.autograd.Function):
     Casting all the logits to fp32 first writes an (N, V) fp32 copy to memory, and the
     log-softmax, the smoothing term and their gradients each pass over it again: on a CPU at
     this project's sizes that cost more than the output layer's matmul. Chunk by chunk, the fp32
-    values stay in cache. Per row, with lse the log-sum-exp of the row's logits x:
+    values stay in cache, and the gradient is made in the same pass as the loss (one exp per
+    logit). Per row, with lse the log-sum-exp of the row's logits x:
 
         loss = lse - (1 - eps) x[target] - eps mean(x)
         d loss / d x = softmax(x) - (1 - eps) onehot(target) - eps / V
@@ -45,27 +46,27 @@ class ChunkedCrossEntropy(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, logits: Tensor, target: Tensor, smoothing: float) -> Tensor:
-        N = logits.shape[0]
+        N, V = logits.shape
         lse, mean = torch.empty(N), torch.empty(N)  # (N,) each, fp32
+        grad = torch.empty_like(logits) if ctx.needs_input_grad[0] else None  # (N, V)
         for start in range(0, N, CHUNK_ROWS):
-            rows = logits[start:start + CHUNK_ROWS].float()  # (n, V)
-            torch.logsumexp(rows, dim=1, out=lse[start:start + CHUNK_ROWS])
-            torch.mean(rows, dim=1, out=mean[start:start + CHUNK_ROWS])
+            end = min(start + CHUNK_ROWS, N)
+            rows = logits[start:end].to(torch.float32, copy=True)  # (n, V)
+            top = rows.amax(dim=1, keepdim=True)  # (n, 1)
+            torch.mean(rows, dim=1, out=mean[start:end])
+            exps = rows.sub_(top).exp_()  # (n, V)
+            total = exps.sum(dim=1, keepdim=True)  # (n, 1)
+            lse[start:end] = total.log().add_(top).squeeze(1)
+            if grad is not None:
+                exps.div_(total).sub_(smoothing / V)  # softmax minus the uniform share
+                exps.scatter_add_(1, target[start:end, None],
+                                  torch.full((end - start, 1), smoothing - 1.0))
+                grad[start:end] = exps
         picked = logits.gather(1, target.unsqueeze(1)).squeeze(1).float()  # (N,)
-        ctx.save_for_backward(logits, target, lse)
-        ctx.smoothing = smoothing
+        ctx.save_for_backward(grad)
         return (lse - (1 - smoothing) * picked - smoothing * mean).sum()
 
     @staticmethod
-    def backward(ctx, grad: Tensor) -> tuple[Tensor, None, None]:
-        logits, target, lse = ctx.saved_tensors
-        smoothing, (N, V) = ctx.smoothing, logits.shape
-        grad_logits = torch.empty_like(logits)  # (N, V), the logits' dtype
-        for start in range(0, N, CHUNK_ROWS):
-            end = min(start + CHUNK_ROWS, N)
-            rows = torch.sub(logits[start:end].float(), lse[start:end, None])  # (n, V), fp32
-            rows.exp_().sub_(smoothing / V)  # softmax minus the uniform share
-            rows.scatter_add_(1, target[start:end, None],
-                              torch.full((end - start, 1), smoothing - 1.0))
-            grad_logits[start:end] = rows.mul_(grad)
-        return grad_logits, None, None
+    def backward(ctx, grad_loss: Tensor) -> tuple[Tensor, None, None]:
+        (grad,) = ctx.saved_tensors
+        return grad * grad_loss, None, None
