@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from mha.configs.schema import load_config
-from mha.data.batching import collate
+from mha.data.batching import TokenBatches, collate
 from mha.inference import checkpoint
 from mha.model.transformer import Transformer
 from mha.training import precision
@@ -160,3 +160,16 @@ def test_chunked_loss_without_gradients_gives_the_same_loss():
     reference = torch.nn.functional.cross_entropy(logits.float(), target, reduction="sum",
                                                   label_smoothing=0.1)
     torch.testing.assert_close(loss, reference, rtol=1e-5, atol=1e-4)
+
+
+def test_probe_batches_come_round_again_when_an_epoch_has_fewer():
+    pairs = {"src_ids": [[5, 6, 2], [7, 2]], "tgt_ids": [[1, 8, 2], [1, 9, 9, 2]]}
+
+    class Rows:  # what a datasets.Dataset answers to a list of indices
+        def __getitem__(self, indices):
+            return {column: [pairs[column][i] for i in indices] for column in pairs}
+
+    one_batch = TokenBatches([3, 2], [3, 4], batch_tokens=100, seed=1)
+    batches = precision.probe_batches(Rows(), one_batch, epoch=0)
+    assert len(batches) == precision.PROBE_BATCHES
+    assert all(b.src_ids.shape == (2, 3) and b.tgt_in.shape == (2, 3) for b in batches)

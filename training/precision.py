@@ -22,6 +22,7 @@ from mha.configs.schema import ConfigError, TrainConfig
 from mha.data.batching import Batch, TokenBatches, collate
 from mha.training.distributed import Distributed
 from mha.training.loss import summed_loss
+from mha.training.state import Progress
 
 log = logging.getLogger(__name__)
 
@@ -71,8 +72,8 @@ def autocast(precision: str, device: torch.device) -> torch.autocast:
     return torch.autocast(device.type, dtype=half, enabled=precision != "fp32")
 
 
-def settle(settings: TrainConfig, progress, model: nn.Module, train_set, batches: TokenBatches,
-           device: torch.device, dist: Distributed) -> torch.autocast:
+def settle(settings: TrainConfig, progress: Progress, model: nn.Module, train_set,
+           batches: TokenBatches, device: torch.device, dist: Distributed) -> torch.autocast:
     """Fix the run's precision once (`progress.precision`) and return its autocast context.
 
     `auto` is decided on the first start (rank 0 times, every rank follows) and kept on resume;
@@ -90,8 +91,10 @@ def settle(settings: TrainConfig, progress, model: nn.Module, train_set, batches
 
 
 def probe_batches(train_set, batches: TokenBatches, epoch: int) -> list[Batch]:
-    """The first PROBE_BATCHES batches of the epoch: real data, real shapes."""
-    rows = [train_set[indices] for indices in batches.epoch(epoch)[:PROBE_BATCHES]]
+    """The first PROBE_BATCHES batches of the epoch (round again if it has fewer): real data,
+    real shapes, the stored segmentation."""
+    order = batches.epoch(epoch)
+    rows = [train_set[order[i % len(order)]] for i in range(PROBE_BATCHES)]
     return [collate(r["src_ids"], r["tgt_ids"]) for r in rows]
 
 
