@@ -32,5 +32,6 @@ if __name__ == "__main__":
         time.perf_counter = lambda: 50 * real_clock()
     trained = train(load_config(args.config), resume=args.resume)
     torch.save(trained.model.state_dict(), args.out / f"rank{rank}.pt")
-    progress = {"step": trained.progress.step, "elapsed": trained.progress.elapsed}
+    progress = {"step": trained.progress.step, "elapsed": trained.progress.elapsed,
+                "precision": trained.progress.precision}
     (args.out / f"rank{rank}.json").write_text(json.dumps(progress))

@@ -173,3 +173,15 @@ def test_probe_batches_come_round_again_when_an_epoch_has_fewer():
     batches = precision.probe_batches(Rows(), one_batch, epoch=0)
     assert len(batches) == precision.PROBE_BATCHES
     assert all(b.src_ids.shape == (2, 3) and b.tgt_in.shape == (2, 3) for b in batches)
+
+
+def test_two_processes_follow_rank_0s_choice(tmp_path, small_corpus):
+    from test_ddp import completed
+    from test_train import write_config
+
+    config = write_config(tiny(tmp_path / "run", small_corpus, "train.precision=auto",
+                               "train.max_steps=5"), tmp_path / "c.yaml")
+    stderr = completed(config, tmp_path)
+    rank0, rank1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
+    assert rank0["precision"] == rank1["precision"] in ("fp32", "bf16")
+    assert stderr.count("train.precision auto:") == 1  # rank 0 alone times and logs

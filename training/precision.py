@@ -112,7 +112,7 @@ def choose(model: nn.Module, samples: list[Batch], label_smoothing: float,
         log.info("train.precision auto: %s (forward + backward, median of %d real batches: bf16 "
                  "%.3f s, fp32 %.3f s; native bf16: %s)", choice, len(samples) - 1,
                  seconds["bf16"], seconds["fp32"], flags)
-    return "bf16" if dist.broadcast_flag(choice == "bf16") else "fp32"
+    return "bf16" if dist.broadcast_int(int(choice == "bf16")) else "fp32"
 
 
 def step_seconds(model: nn.Module, samples: list[Batch], label_smoothing: float,
