@@ -35,7 +35,8 @@ def trained(small_corpus: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
 
 @pytest.fixture
 def other(trained: Path, tmp_path: Path) -> Path:
-    """A copy of the run with one head, validated at steps 4 and 8 only, never scored on test."""
+    """A copy of the run with one head, validated at steps 4 and 8 only, never scored on test;
+    its last line is checkpoint averaging's, which has no elapsed time."""
     run = Path(shutil.copytree(trained, tmp_path / "h1"))
     shutil.rmtree(run / "eval")
     config = run / "config.yaml"
@@ -43,7 +44,8 @@ def other(trained: Path, tmp_path: Path) -> Path:
     records = [{"step": s, "loss": 5.0, "elapsed": s / 10, "tokens_per_s": speed}
                for s, speed in ((2, 100), (4, 300), (6, 200))]
     records += [{"step": 4, "val_loss": 5.5, "val_bleu": 1.5, "elapsed": 30.0},
-                {"step": 8, "val_loss": 5.0, "val_bleu": 3.25, "elapsed": 90.0}]
+                {"step": 8, "val_loss": 5.0, "val_bleu": 3.25, "elapsed": 90.0},
+                {"step": 8, "averaged": 2, "averaged_val_loss": 5.1, "averaged_val_bleu": 3.0}]
     (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     return run
 

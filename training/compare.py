@@ -47,7 +47,8 @@ class Run:
 
     @property
     def minutes(self) -> float:
-        return max((r["elapsed"] for r in self.records), default=0.0) / 60
+        return max((r["elapsed"] for r in self.records if "elapsed" in r),
+                   default=0.0) / 60
 
     @property
     def tokens_per_s(self) -> float | None:
