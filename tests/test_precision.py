@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_train import losses, tiny
 
 from mha.configs.schema import load_config
 from mha.data.batching import TokenBatches, collate
@@ -18,20 +19,6 @@ from mha.training.loop import train
 from mha.training.loss import ChunkedCrossEntropy, summed_loss
 
 CPU = torch.device("cpu")
-TINY = ["data.vocab_size=200", "model.d_model=32", "model.heads=2", "model.d_ff=64",
-        "train.batch_tokens=400", "train.warmup_steps=4", "train.eval_every=100",
-        "train.log_every=1", "decode.max_len_a=0.5", "decode.max_len_b=4", "decode.batch_size=100"]
-
-
-def tiny(run_dir: Path, corpus: Path, *overrides: str):
-    return load_config("tiny", [f"run_dir={run_dir}", f"data.corpus={corpus}", *TINY, *overrides])
-
-
-def losses(run_dir: Path) -> dict[int, float]:
-    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
-    return {r["step"]: r["loss"] for r in map(json.loads, lines) if "loss" in r}
-
-
 def tiny_model_and_batches(count: int = 4):
     cfg = load_config("tiny", ["model.d_model=32", "model.heads=2", "model.d_ff=64"])
     torch.manual_seed(0)

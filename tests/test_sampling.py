@@ -8,20 +8,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_train import tiny
 
 from mha.configs.schema import load_config, presets
 from mha.data.batching import TokenBatches, collate
 from mha.data.prepare import prepare
 from mha.data.sampling import SubwordSampler
 from mha.training.loop import train
-
-TINY = ["data.vocab_size=200", "model.d_model=32", "model.heads=2", "model.d_ff=64",
-        "train.batch_tokens=400", "train.warmup_steps=4", "train.eval_every=100",
-        "train.log_every=1", "decode.max_len_a=0.5", "decode.max_len_b=4", "decode.batch_size=100"]
-
-
-def tiny(run_dir: Path, corpus: Path, *overrides: str):
-    return load_config("tiny", [f"run_dir={run_dir}", f"data.corpus={corpus}", *TINY, *overrides])
 
 
 @pytest.fixture(scope="module")
