@@ -1,4 +1,4 @@
-"""Two processes under torchrun: an agreed time budget, and an exact resume with a dropout
+"""Two processes under torchrun: an agreed time budget, one plan for the linear decay, and an exact resume with a dropout
 stream per rank. Each launch has a 60-second limit, so a hang fails instead of waiting for
 gloo's 30-minute timeout."""
 
@@ -70,6 +70,20 @@ def test_ranks_agree_on_the_time_budget(tmp_path, small_corpus):
     assert rank0 == rank1
     assert rank0["elapsed"] >= 10 and rank0["step"] < 100000
     assert f"stopped at step {rank0['step']} (max_time 10s)" in stderr
+
+
+def test_ranks_take_rank_0s_plan_for_the_linear_decay(tmp_path, small_corpus):
+    # rank 1 would plan 14 updates, rank 0 plans 10: both must stop at 10 with equal weights
+    config = write_config(tiny(tmp_path / "run", small_corpus, "train.schedule=linear",
+                               "train.max_time=1h", "train.warmup_steps=4", "train.eval_every=4",
+                               "train.max_steps=100"), tmp_path / "c.yaml")
+    stderr = completed(config, tmp_path, "--plans", "10,14")
+    rank0, rank1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
+    assert rank0 == rank1 and rank0["plan"] == [4, 10] and rank0["step"] == 10
+    assert "the 10 updates planned for max_time are done" in stderr
+    weights0, weights1 = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
+    for name, tensor in weights0.items():
+        assert torch.equal(tensor, weights1[name]), name
 
 
 def wait_for_step(run: Path, step: int, process: subprocess.Popen) -> None:
