@@ -79,10 +79,14 @@ def load(path: Path) -> dict:
     """Read a checkpoint on the CPU; CheckpointError if missing, truncated, corrupt or foreign."""
     if not path.is_file():
         raise CheckpointError(f"no checkpoint at {path}")
+    if not zipfile.is_zipfile(path):  # torch.save writes zip archives; unpickling other bytes
+        # can raise anything, MemoryError included
+        raise CheckpointError(f"checkpoint {path} is truncated or corrupt (not a zip archive "
+                              "as torch.save writes)")
     try:
         state = torch.load(path, map_location="cpu", weights_only=False)
     except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError,
-            OSError) as error:
+            OSError, MemoryError) as error:
         text = str(error).strip()
         first_line = text.splitlines()[0] if text else type(error).__name__
         raise CheckpointError(

@@ -15,7 +15,8 @@ from mha.training import schedule
 from mha.training.distributed import Distributed
 from mha.training.loop import train
 from mha.training.schedule import Plan, linear, lr_factor, plan_decay, planned_updates
-from mha.training.state import Progress
+from mha.training.monitor import Monitor
+from mha.training.state import Progress, Update
 
 
 def test_linear_warms_up_holds_then_reaches_zero_at_the_planned_end():
@@ -94,3 +95,17 @@ def test_the_quick_preset_fits_five_minutes_with_a_planned_linear_decay(tmp_path
                                   "data.vocab_size=300", "train.max_steps=3",
                                   "train.warmup_steps=1"])
     assert train(small).progress.step == 3
+
+
+def test_the_progress_bar_ends_where_the_run_will(tmp_path):
+    cfg = load_config("tiny", ["train.max_steps=1000", "train.log_every=1"])
+    update = Update(loss=1.0, tgt_tokens=10, src_tokens=10, slots=20, stop_requested=False)
+    budgeted = Monitor(tmp_path, None, cfg.train, max_time=100.0)
+    budgeted.report(Progress(step=10, elapsed=20.0), update, 1e-3)  # 2 s an update, 80 s left
+    assert budgeted.bar.total == 50
+    budgeted.report(Progress(step=20, elapsed=40.0, plan_start=12, plan_end=35), update, 1e-3)
+    assert budgeted.bar.total == 35
+    (tmp_path / "open").mkdir()
+    open_ended = Monitor(tmp_path / "open", None, cfg.train)
+    open_ended.report(Progress(step=10, elapsed=20.0), update, 1e-3)
+    assert open_ended.bar.total == 1000

@@ -28,6 +28,7 @@ class Monitor:
     def __init__(self, run_dir: Path, resumed_step: int | None, settings: TrainConfig,
                  max_time: float = math.inf) -> None:
         self.log_every, self.max_time = settings.log_every, max_time
+        self.max_steps = settings.max_steps
         self.bar = tqdm(total=settings.max_steps, initial=resumed_step or 0, dynamic_ncols=True,
                         unit="step")
         self.window_tokens, self.window_start = 0, time.perf_counter()
@@ -52,11 +53,22 @@ class Monitor:
         budget = {} if math.isinf(self.max_time) else {
             "time_left": f"{max(0.0, self.max_time - progress.elapsed) / 60:.1f}m"}
         padding = 1 - (update.tgt_tokens + update.src_tokens) / update.slots
+        self.bar.total = self.expected_end(progress)
         self.bar.set_postfix(loss=f"{update.loss:.3f}", lr=f"{lr:.2e}", tok_s=f"{speed:,.0f}",
                              pad=f"{padding:.0%}", **budget)
         self.log({"step": progress.step, "loss": update.loss, "lr": lr,
                   "src_tokens": progress.src_tokens, "tgt_tokens": progress.tgt_tokens,
                   "elapsed": round(progress.elapsed, 2), "tokens_per_s": round(speed)})
+
+    def expected_end(self, progress: Progress) -> int:
+        """The update the run should end at, so that the bar's ETA is right: the linear schedule's
+        plan; else, under max_time, the updates that fit in the time left at the rate so far."""
+        if progress.plan_end:
+            return progress.plan_end
+        if math.isinf(self.max_time) or not progress.elapsed:
+            return self.max_steps
+        fits = (self.max_time - progress.elapsed) * progress.step / progress.elapsed
+        return min(self.max_steps, progress.step + max(0, math.floor(fits)))
 
     def write(self, text: str) -> None:
         """A line above the bar."""
