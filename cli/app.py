@@ -10,6 +10,7 @@ from importlib.metadata import version
 from typing import Annotated
 
 import typer
+from tqdm import tqdm
 
 from mha.configs.schema import Config, ConfigError, load_config
 
@@ -57,9 +58,17 @@ def root(
         "--debug", envvar="MHA_DEBUG", help="On an error, print its traceback and causes before "
         "the one-line message (also MHA_DEBUG=1).")] = False,
 ) -> None:
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
-                        format="%(message)s", stream=sys.stderr)
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(message)s",
+                        handlers=[_AboveTheBars(sys.stderr)])
     SESSION["debug"] = debug
+
+
+class _AboveTheBars(logging.StreamHandler):
+    """Writes through tqdm.write, which clears the progress bars, writes the line and redraws
+    them: a log line never lands inside a bar."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        tqdm.write(self.format(record), file=self.stream)
 
 
 def command(fn):

@@ -1,6 +1,6 @@
-"""Two processes under torchrun: an agreed time budget, one plan for the linear decay, and an exact resume with a dropout
-stream per rank. Each launch has a 60-second limit, so a hang fails instead of waiting for
-gloo's 30-minute timeout."""
+"""Two processes under torchrun: an agreed time budget, one plan for the linear decay, and an
+exact resume with a dropout stream per rank. Each launch has a 60-second limit, so a hang fails
+instead of waiting for gloo's 30-minute timeout."""
 
 from __future__ import annotations
 

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -14,8 +17,8 @@ from mha.inference import checkpoint
 from mha.training import schedule
 from mha.training.distributed import Distributed
 from mha.training.loop import train
-from mha.training.schedule import Plan, linear, lr_factor, plan_decay, planned_updates
 from mha.training.monitor import Monitor
+from mha.training.schedule import Plan, linear, lr_factor, plan_decay, planned_updates
 from mha.training.state import Progress, Update
 
 
@@ -109,3 +112,17 @@ def test_the_progress_bar_ends_where_the_run_will(tmp_path):
     open_ended = Monitor(tmp_path / "open", None, cfg.train)
     open_ended.report(Progress(step=10, elapsed=20.0), update, 1e-3)
     assert open_ended.bar.total == 1000
+
+
+def test_log_lines_start_lines_of_their_own_beside_the_bar(tmp_path, small_corpus):
+    overrides = [f"run_dir={tmp_path / 'run'}", f"data.corpus={small_corpus}", *TINY,
+                 "train.schedule=linear", "train.max_time=1h", "train.max_steps=12",
+                 "train.warmup_steps=4", "train.eval_every=4", "train.log_every=1"]
+    command = ["train", "tiny", *[arg for o in overrides for arg in ("--set", o)]]
+    result = subprocess.run(
+        [sys.executable, "-m", "mha.cli", *command], check=False, capture_output=True,
+        text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    for message in ("linear schedule:", "stopped at step 12"):
+        before = result.stderr[:result.stderr.index(message)]
+        assert before.endswith(("\n", "\r")) and "step/s" in before, before[-200:]
