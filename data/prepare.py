@@ -170,6 +170,9 @@ def _build(cfg: Config, fingerprint: dict) -> Prepared:
     times.append(time.perf_counter())
     tokenizer = train_tokenizer(corpus["train"], cfg.data, run_dir / "tokenizer")
     times.append(time.perf_counter())
+    for leftover in sorted(run_dir.glob(".encoding-*")):  # a killed build's; never read
+        shutil.rmtree(leftover, ignore_errors=True)
+        log.info("removed %s, left by an interrupted build", leftover)
     with tempfile.TemporaryDirectory(dir=run_dir, prefix=".encoding-") as work:
         encoded = datasets.DatasetDict({
             role: _encode(rows, tokenizer, Path(work) / f"{role}.arrow", fingerprint["hash"],

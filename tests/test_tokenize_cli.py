@@ -75,6 +75,16 @@ def test_changed_config_or_corpus_rebuilds(small_corpus: Path, tmp_path: Path) -
     assert not prepare(make_config(tmp_path / "run", corpus, vocab_size=150)).report["reused"]
 
 
+def test_a_killed_builds_encoding_folder_is_removed_by_the_next_build(
+        small_corpus: Path, tmp_path: Path) -> None:
+    leftover = tmp_path / "run" / ".encoding-killed"
+    leftover.mkdir(parents=True)
+    (leftover / "train.arrow").write_bytes(b"half written")
+    prepare(make_config(tmp_path / "run", small_corpus))
+    assert not leftover.exists()
+    assert not list((tmp_path / "run").glob(".encoding-*"))
+
+
 def test_max_len_filters_only_training_pairs(prepared: Prepared, small_corpus: Path,
                                              tmp_path: Path) -> None:
     cfg = make_config(tmp_path, small_corpus, max_len=30)
