@@ -79,10 +79,11 @@ def load(path: Path) -> dict:
     """Read a checkpoint on the CPU; CheckpointError if missing, truncated, corrupt or foreign."""
     if not path.is_file():
         raise CheckpointError(f"no checkpoint at {path}")
-    if not zipfile.is_zipfile(path):  # torch.save writes zip archives; unpickling other bytes
-        # can raise anything, MemoryError included
-        raise CheckpointError(f"checkpoint {path} is truncated or corrupt (not a zip archive "
-                              "as torch.save writes)")
+    with path.open("rb") as file:  # torch.save writes zip archives; unpickling other bytes
+        starts_as_zip = file.read(4) == b"PK\x03\x04"  # can raise anything, MemoryError too
+    if not starts_as_zip:
+        raise CheckpointError(f"checkpoint {path} is truncated or corrupt (it does not start "
+                              "as the zip archive torch.save writes)")
     try:
         state = torch.load(path, map_location="cpu", weights_only=False)
     except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError,
