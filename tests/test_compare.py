@@ -15,6 +15,7 @@ from test_translate import assert_user_error, invoke
 from mha.data.tokenizer import Tokenizer
 from mha.model.info import parameter_count
 from mha.training.compare import read_run
+from mha.training.monitor import read_metrics
 
 _one_thread = test_translate._one_thread  # one torch thread: the machine's cores are shared
 
@@ -62,7 +63,7 @@ def test_compare_tabulates_and_draws_the_runs(trained, other, tmp_path):
     assert result.exit_code == 0, result.output
     assert picture.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     first, second = table(result.stdout)
-    records = [json.loads(line) for line in (trained / "metrics.jsonl").read_text().splitlines()]
+    records = read_metrics(trained / "metrics.jsonl")
     validations = [r for r in records if "val_bleu" in r]
     speed = statistics.median(r["tokens_per_s"] for r in records if "tokens_per_s" in r)
     minutes = max(r["elapsed"] for r in records) / 60

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
 from test_train import losses, tiny
@@ -14,6 +12,7 @@ from mha.model.decode import greedy
 from mha.model.transformer import Transformer
 from mha.training.ema import EMA
 from mha.training.loop import train
+from mha.training.monitor import read_metrics
 
 SMALL = ModelConfig(d_model=16, heads=2, encoder_layers=1, decoder_layers=1, d_ff=32,
                     dropout=0.0, max_positions=32)
@@ -86,7 +85,7 @@ def test_validation_scores_the_average_and_best_pt_holds_it(tmp_path, small_corp
     run = tmp_path / "run"
     train(tiny(run, small_corpus, "train.max_steps=6", "train.eval_every=6",
                "train.ema_decay=0.99"))
-    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    records = read_metrics(run / "metrics.jsonl")
     validation = [r for r in records if "val_bleu" in r]
     assert len(validation) == 1
     assert {"val_loss", "val_bleu", "raw_val_loss", "raw_val_bleu"} <= validation[0].keys()
@@ -106,5 +105,5 @@ def test_without_the_average_checkpoints_keep_the_raw_weights(tmp_path, small_co
     best, last = (torch.load(run / "checkpoints" / f"{name}.pt", weights_only=False)
                   for name in ("best", "last"))
     assert last["ema"] is None and "weights" not in best
-    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    records = read_metrics(run / "metrics.jsonl")
     assert not any("raw_val_bleu" in r for r in records)

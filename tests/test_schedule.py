@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import json
 import math
 import os
+import re
 import subprocess
 import sys
 
@@ -17,7 +17,7 @@ from mha.inference import checkpoint
 from mha.training import schedule
 from mha.training.distributed import Distributed
 from mha.training.loop import train
-from mha.training.monitor import Monitor
+from mha.training.monitor import Monitor, read_metrics
 from mha.training.schedule import Plan, linear, lr_factor, plan_decay, planned_updates
 from mha.training.state import Progress, Update
 
@@ -83,7 +83,7 @@ def test_a_budgeted_run_stops_at_its_plan_and_resumes_on_the_same_curve(
     assert sorted(got) == list(range(1, 11))
     for step in expected:
         assert abs(expected[step] - got[step]) < 1e-6, step
-    records = [json.loads(line) for line in (tmp_path / "a" / "metrics.jsonl").open()]
+    records = read_metrics(tmp_path / "a" / "metrics.jsonl")
     lrs = {r["step"]: r["lr"] for r in records if "lr" in r}
     assert lrs[4] == pytest.approx(1e-3) and lrs[10] == 0.0 and 0 < lrs[7] < lrs[5]
     for a, b in zip(straight.model.parameters(), resumed.model.parameters()):
@@ -125,4 +125,4 @@ def test_log_lines_start_lines_of_their_own_beside_the_bar(tmp_path, small_corpu
     assert result.returncode == 0, result.stderr[-2000:]
     for message in ("linear schedule:", "stopped at step 12"):
         before = result.stderr[:result.stderr.index(message)]
-        assert before.endswith(("\n", "\r")) and "step/s" in before, before[-200:]
+        assert before.endswith(("\n", "\r")) and re.search(r"\d+/\d+ \[", before), before[-200:]

@@ -20,6 +20,7 @@ from mha.configs.schema import dump, load_config
 from mha.inference import checkpoint
 from mha.training import loop as train_module
 from mha.training.loop import TrainingError, train
+from mha.training.monitor import read_metrics
 from mha.training.schedule import inverse_sqrt
 
 TINY = ["data.vocab_size=200", "model.d_model=32", "model.heads=2", "model.d_ff=64",
@@ -65,7 +66,7 @@ def test_metrics_checkpoints_and_curves(tmp_path, small_corpus):
     run = tmp_path / "run"
     train(tiny(run, small_corpus, "train.max_steps=6", "train.eval_every=3",
                "train.average_last=2"))
-    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    records = read_metrics(run / "metrics.jsonl")
     steps = [r for r in records if "loss" in r]
     assert [r["step"] for r in steps] == list(range(1, 7))
     assert {"step", "loss", "lr", "src_tokens", "tgt_tokens", "elapsed"} <= set(steps[0])

@@ -29,7 +29,7 @@ class Monitor:
                  max_time: float = math.inf) -> None:
         self.log_every, self.max_time = settings.log_every, max_time
         self.max_steps = settings.max_steps
-        self.bar = tqdm(total=settings.max_steps, initial=resumed_step or 0, dynamic_ncols=True,
+        self.bar = tqdm(total=self.max_steps, initial=resumed_step or 0, dynamic_ncols=True,
                         unit="step")
         self.window_tokens, self.window_start = 0, time.perf_counter()
         self.path, self.picture = run_dir / "metrics.jsonl", run_dir / "curves.png"
