@@ -4,6 +4,7 @@
 # beam and length penalty on val with `mha tune-decode`, then score test with beam 5 and the
 # length penalty chosen on val.
 # Usage: bench/quality.sh [PRESET[:SEED] ...]   (default: multi30k_de_en:1 multi30k_de_en:2 multi30k_en_de:1)
+# A variant: SETS="model.dropout=0.2" TAG=d02 bench/quality.sh multi30k_de_en:1 (runs <preset>_s<seed>_d02)
 # Run it alone on the machine: the runs go one after the other, with every core.
 # Figures land in runs/quality/<preset>_s<seed>/ and bench/results_quality.md.
 set -euo pipefail
@@ -15,9 +16,10 @@ mkdir -p runs/quality
 names=()
 for spec in "${runs[@]}"; do
   preset=${spec%%:*}; seed=${spec#*:}; [ "$seed" = "$spec" ] && seed=1
-  name=${preset}_s${seed}; dir=runs/quality/$name; names+=("$name")
+  name=${preset}_s${seed}${TAG:+_$TAG}; dir=runs/quality/$name; names+=("$name")
   echo "$(date +%T) train $name"
-  mha train "$preset" --set run_dir="$dir" --set train.seed="$seed" > "$dir.train.log" 2>&1
+  sets=(); for kv in ${SETS:-}; do sets+=(--set "$kv"); done
+  mha train "$preset" --set run_dir="$dir" --set train.seed="$seed" "${sets[@]}" > "$dir.train.log" 2>&1
   mha eval "$dir" --beam 1 --json > "$dir.greedy.json"
   mha tune-decode "$dir" --beams 1,5 --penalties 0.6,1.0,1.4 > "$dir.tune.log" 2>&1
   mha eval "$dir" --beam 5 --json > "$dir.beam.json"   # with the penalty chosen on val

@@ -57,9 +57,38 @@ def test_plan_is_made_once_after_warmup_from_measured_rates():
     plan_decay(cfg.train, progress, 600.0, Distributed())
     end = 30 + math.floor(530 / (2.0 + 10.0 / 30))
     assert (progress.plan_start, progress.plan_end) == (30, end)
-    progress.elapsed = 300.0
+    progress.step, progress.elapsed = 120, 299.0
     plan_decay(cfg.train, progress, 600.0, Distributed())
-    assert progress.plan_end == end  # kept, not re-planned
+    assert progress.plan_end == end  # kept until half the budget is spent
+
+
+def test_plan_is_corrected_once_halfway_and_the_rate_stays_continuous():
+    cfg = load_config("tiny", ["train.schedule=linear", "train.max_time=10m",
+                               "train.warmup_steps=20", "train.max_steps=100000",
+                               "train.eval_every=30"])
+    progress = Progress(step=30, elapsed=60.0)  # 2 s an update: 300 planned
+    plan_decay(cfg.train, progress, 600.0, Distributed())
+    assert (progress.plan_start, progress.plan_end, progress.plan_top) == (30, 300, 1.0)
+    progress.step, progress.elapsed = 120, 360.0  # the machine slowed: 3 s an update on average
+    before = lr_factor(120, cfg.train, progress)
+    plan_decay(cfg.train, progress, 600.0, Distributed())
+    assert (progress.plan_start, progress.plan_end) == (120, 120 + 240 // 3)
+    assert progress.plan_corrected and progress.plan_top == pytest.approx(180 / 270)
+    assert lr_factor(120, cfg.train, progress) == pytest.approx(before)
+    assert lr_factor(160, cfg.train, progress) == pytest.approx(before / 2)
+    assert lr_factor(200, cfg.train, progress) == 0.0
+    progress.step, progress.elapsed = 150, 500.0
+    plan_decay(cfg.train, progress, 600.0, Distributed())
+    assert progress.plan_end == 200  # corrected once only
+
+
+def test_a_first_plan_made_past_halfway_is_not_corrected_again():
+    cfg = load_config("tiny", ["train.schedule=linear", "train.warmup_steps=20",
+                               "train.eval_every=30"])
+    progress = Progress(step=30, elapsed=400.0)
+    plan_decay(cfg.train, progress, 600.0, Distributed())
+    assert progress.plan_corrected and progress.plan_top == 1.0
+    assert progress.plan_end == 30 + math.floor(200 / (400 / 30))
 
 
 def budget_run(run_dir, corpus, *overrides):

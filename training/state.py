@@ -41,6 +41,8 @@ class Progress:
     validation_seconds: float = 0.0  # the part of `elapsed` spent validating
     plan_start: int = 0  # the linear schedule decays from update plan_start ...
     plan_end: int = 0  # ... to zero at plan_end (0: not planned yet)
+    plan_top: float = 1.0  # ... from this factor (below 1 once corrected halfway)
+    plan_corrected: bool = False  # the halfway correction is done
     precision: str = ""  # the run's number format, fixed at its start (train.precision: auto)
 
 
