@@ -27,17 +27,21 @@ done
 python - "${names[@]}" > bench/results_quality.md <<'PY'
 import json, platform, subprocess, sys
 import yaml
+from pathlib import Path
+from mha.inference import checkpoint
 cpu = next(l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name"))
 flags = set(next(l for l in open("/proc/cpuinfo") if l.startswith("flags")).split())
 native = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in flags]
 print(f"CPU: {cpu}, {subprocess.check_output(['nproc']).decode().strip()} cores, flags {' '.join(native)}\n")
-print("| run | greedy BLEU | lowercased | chrF | val's choice | beam BLEU | lowercased "
+print("| run | dropout | precision | greedy BLEU | lowercased | chrF | val's choice | beam BLEU | lowercased "
       "| updates | epochs | best val BLEU (step) | train minutes |")
-print("|---|---|---|---|---|---|---|---|---|---|---|")
+print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
 for name in sys.argv[1:]:
     d = f"runs/quality/{name}"
     greedy, beam = (json.load(open(f"{d}.{kind}.json")) for kind in ("greedy", "beam"))
     decode = yaml.safe_load(open(f"{d}/decode.yaml"))
+    dropout = yaml.safe_load(open(f"{d}/config.yaml"))["model"]["dropout"]
+    precision = checkpoint.load(Path(d, "checkpoints", "last.pt"))["progress"]["precision"] or "fp32"
     records = [json.loads(l) for l in open(f"{d}/metrics.jsonl")]
     val = [r for r in records if "val_bleu" in r]
     best = max(val, key=lambda r: r["val_bleu"])
@@ -46,7 +50,7 @@ for name in sys.argv[1:]:
     report = json.load(open(f"{d}/data/report.json"))
     train = report["splits"]["train"]
     epochs = last["tgt_tokens"] / (train["pairs"] * train["tgt_subwords"]["mean"])
-    print(f"| {name} | {greedy['bleu']:.1f} | {greedy['bleu_lc']:.1f} | {greedy['chrf']:.1f} "
+    print(f"| {name} | {dropout} | {precision} | {greedy['bleu']:.1f} | {greedy['bleu_lc']:.1f} | {greedy['chrf']:.1f} "
           f"| beam {decode['beam']}, penalty {decode['length_penalty']} | {beam['bleu']:.1f} | {beam['bleu_lc']:.1f} "
           f"| {final['step']} | {epochs:.1f} | {best['val_bleu']:.1f} ({best['step']}) "
           f"| {final['elapsed'] / 60:.1f} |")
