@@ -94,7 +94,7 @@ def seconds_per_update(model, batches: list) -> float:
 
 
 def main() -> None:
-    saved = torch.load(sys.argv[1])
+    saved = torch.load(sys.argv[1], weights_only=True)
     own = joey_batches(saved["pairs"], saved["steps"] + 2)
     timed = own[2:]
     mean = lambda values: sum(values) / len(values)

@@ -27,8 +27,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import torch
-
 from mha.inference import checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -70,7 +68,8 @@ def unreadable_checkpoints(run: Path) -> list[str]:
     bad = []
     for path in sorted((run / "checkpoints").glob("*.pt")):
         try:
-            torch.load(path) if path.name.startswith("weights_") else checkpoint.load(path)
+            load = checkpoint.load_weights if path.name.startswith("weights_") else checkpoint.load
+            load(path)
         except Exception as error:  # noqa: BLE001 - any failure to load is what we count
             bad.append(f"{path.name} ({error})")
     return bad

@@ -19,9 +19,11 @@ def tokenize(
 ) -> None:
     """Train the SentencePiece tokenizer and encode every split into the run folder."""
     from mha.data.prepare import format_report, prepare  # datasets is slow to import
+    from mha.data.runlock import run_lock
 
     cfg = config(config_path, overrides)
-    prepared = prepare(cfg, rebuild=rebuild)
+    with run_lock(cfg.run_dir, "tokenize"):
+        prepared = prepare(cfg, rebuild=rebuild)
     typer.echo(format_report(prepared.report))
     typer.echo(f"tokenizer: {cfg.run_dir}/tokenizer  data: {cfg.run_dir}/data")
 

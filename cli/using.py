@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Annotated
 
@@ -154,6 +155,8 @@ def eval(  # the command's name; shadows the builtin only inside this module
     import json
 
     from mha.inference.evaluate import eval_set, evaluate_with
+    from mha.inference.provenance import environment, read_run
+    from mha.inference.run import pick_device
     from mha.inference.translate import warn_unknown_characters
 
     check_engine(engine)
@@ -164,8 +167,9 @@ def eval(  # the command's name; shadows the builtin only inside this module
                                                              f".{engine}")
     hyp_path = output_file or run_dir / "eval" / f"{name}.{decoding}.hyp"
     result_path = run_dir / "eval" / f"{name}.{decoding}.json"  # read by `mha compare`
+    provenance = {"eval": environment(pick_device(device)), "run": read_run(run_dir)}
     result = evaluate_with(translate, sources, references, beam=beam, hyp_path=hyp_path,
-                           result_path=result_path)
+                           result_path=result_path, provenance=provenance)
     if as_json:
         typer.echo(json.dumps(result))
         return
@@ -221,9 +225,13 @@ def export(
         "--force", help="Replace an output folder that is not empty.")] = False,
 ) -> None:
     """Write the model as a CTranslate2 model folder, with its tokenizer and a README."""
+    from mha.data.runlock import run_lock
     from mha.inference.export import export as export_model
 
-    folder = export_model(run_dir, to=to, output=output, quantization=quantization, which=which,
-                          force=force)
+    into_run = run_dir.is_dir() and (output is None or run_dir.resolve() in
+                                     output.resolve().parents)
+    with run_lock(run_dir, "export") if into_run else contextlib.nullcontext():
+        folder = export_model(run_dir, to=to, output=output, quantization=quantization,
+                              which=which, force=force)
     typer.echo(f"wrote {folder} ({quantization} weights); {folder}/README.md shows how to use it, "
                f"or: mha translate {folder} --engine {to} \"a sentence\"")

@@ -78,7 +78,7 @@ def load_corpus(data: DataConfig, splits: dict[str, str] | None = None) -> Corpu
         if data.corpus.startswith("hub:"):
             raw = _load_hub(data, splits)
         else:
-            raw = {role: _pairs_dataset(src, tgt)
+            raw = {role: _pairs_dataset(src, tgt, f"the {role} split ({splits[role]!r})")
                    for role, (src, tgt) in corpus_files(data, splits).items()}
         for role, pairs in raw.items():
             kept = pairs.filter(_both_sides_present, batched=True)
@@ -206,8 +206,11 @@ def _local_file(folder: Path, split: str, lang: str) -> Path:
                     f"{' and '.join(str(c) for c in candidates)}")
 
 
-def _pairs_dataset(src_path: Path, tgt_path: Path) -> datasets.Dataset:
+def _pairs_dataset(src_path: Path, tgt_path: Path, split: str) -> datasets.Dataset:
     """An Arrow-backed dataset of the two files' aligned lines, cached by path, size and mtime."""
+    for path in (src_path, tgt_path):
+        if next(iter_lines(path), None) is None:
+            raise DataError(f"{split}: {path} has no lines (expected a sentence a line)")
     stats = [[str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns]
              for p in (src_path, tgt_path)]
     fingerprint = hashlib.sha256(json.dumps([_FORMAT, stats]).encode()).hexdigest()[:32]

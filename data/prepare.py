@@ -164,10 +164,10 @@ def format_report(report: dict) -> str:
 def _build(cfg: Config, fingerprint: dict) -> Prepared:
     """Read the corpus, train the tokenizer, encode and save every split; time each stage."""
     run_dir, data_dir = Path(cfg.run_dir), Path(cfg.run_dir) / "data"
-    (data_dir / FINGERPRINT).unlink(missing_ok=True)  # a half-done rebuild must not pass for done
     times = [time.perf_counter()]
-    corpus = load_corpus(cfg.data)
+    corpus = load_corpus(cfg.data)  # its refusals come before anything is written
     times.append(time.perf_counter())
+    (data_dir / FINGERPRINT).unlink(missing_ok=True)  # a half-done rebuild must not pass for done
     tokenizer = train_tokenizer(corpus["train"], cfg.data, run_dir / "tokenizer")
     times.append(time.perf_counter())
     for leftover in sorted(run_dir.glob(".encoding-*")):  # a killed build's; never read

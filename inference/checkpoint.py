@@ -1,5 +1,12 @@
 """Checkpoints: written atomically, read with one clear error for every way they can be bad.
 
+A checkpoint is data, never code: it is read with `torch.load(weights_only=True)`, whose
+unpickler builds only tensors, containers and plain values, so a file that names any other
+Python object (an os.system call hidden in a shared run folder) is refused before anything runs.
+We chose this over safetensors + JSON because the format stays one file with the same names
+(best.pt, last.pt), old checkpoints (formats 1 and 2) load unchanged, and optimizer and RNG
+states, which are nested dicts of tensors and ints, need no second serialiser.
+
 A checkpoint is a dict: format, step, config (the resolved config as a dict), tokenizer
 (SentencePiece protos), model, and for training state: optimizer, scheduler, scaler, progress,
 rng (a list: one state per process, rank 0 first; format 1 held one state, for every rank) and
@@ -12,6 +19,7 @@ from __future__ import annotations
 import errno
 import logging
 import pickle
+import re
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
@@ -62,13 +70,16 @@ def write(path: Path, write_to: Callable[[BinaryIO], object]) -> None:
                               ) from error
 
 
-def remove_leftovers(folder: Path) -> list[Path]:
-    """Delete the temporary files (`.NAME.*.tmp`) that a killed atomic_write left in `folder`.
+def remove_leftovers(folder: Path, names: tuple[str, ...] = ("*",)) -> list[Path]:
+    """Delete the temporary files (`.NAME.*.tmp`) that a killed atomic_write of one of `names`
+    (glob patterns) left in `folder`.
 
-    Only the one process writing to `folder` may call this: another's write in progress
-    would lose its temporary file.
+    Only the process that holds the run folder's lock may call this, and only for the files it
+    alone writes: the result files that other commands add (explore.html, decode.yaml) keep
+    their writes in progress.
     """
-    leftovers = sorted(folder.glob(".*.tmp")) if folder.is_dir() else []
+    leftovers = sorted({leftover for name in names for leftover in folder.glob(f".{name}.*.tmp")}
+                       ) if folder.is_dir() else []
     for leftover in leftovers:
         leftover.unlink(missing_ok=True)
         log.info("removed %s, left by an interrupted write", leftover)
@@ -79,19 +90,7 @@ def load(path: Path) -> dict:
     """Read a checkpoint on the CPU; CheckpointError if missing, truncated, corrupt or foreign."""
     if not path.is_file():
         raise CheckpointError(f"no checkpoint at {path}")
-    with path.open("rb") as file:  # torch.save writes zip archives; unpickling other bytes
-        starts_as_zip = file.read(4) == b"PK\x03\x04"  # can raise anything, MemoryError too
-    if not starts_as_zip:
-        raise CheckpointError(f"checkpoint {path} is truncated or corrupt (it does not start "
-                              "as the zip archive torch.save writes)")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
-    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError,
-            OSError, MemoryError) as error:
-        text = str(error).strip()
-        first_line = text.splitlines()[0] if text else type(error).__name__
-        raise CheckpointError(
-            f"checkpoint {path} is truncated or corrupt ({first_line})") from error
+    state = load_data(path)
     if not isinstance(state, dict) or state.get("format") not in READABLE:
         raise CheckpointError(f"{path} is not an mha checkpoint (expected format "
                               f"{' or '.join(READABLE)})")
@@ -101,6 +100,44 @@ def load(path: Path) -> dict:
     if state["format"] == "mha-checkpoint-1" and isinstance(state.get("rng"), dict):
         state["rng"] = [state["rng"]]  # one state, which every rank resumes from
     return state
+
+
+def load_data(path: Path) -> object:
+    """torch.load with weights_only=True: tensors, containers and plain values, nothing that
+    runs. CheckpointError naming the file and the object it asked for, or the damage found."""
+    with path.open("rb") as file:  # torch.save writes zip archives; unpickling other bytes
+        starts_as_zip = file.read(4) == b"PK\x03\x04"  # can raise anything, MemoryError too
+    if not starts_as_zip:
+        raise CheckpointError(f"checkpoint {path} is truncated or corrupt (it does not start "
+                              "as the zip archive torch.save writes)")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        found = re.search(r"WeightsUnpickler error: (?:Unsupported global: GLOBAL )?(.+?)"
+                          r"(?: was not an allowed global.*)?$", str(error), re.MULTILINE)
+        if found:
+            raise CheckpointError(
+                f"refusing {path}: it holds {found.group(1)}, which is not data (a checkpoint "
+                "holds only tensors, numbers, strings and containers); nothing in it was run"
+            ) from error
+        raise CheckpointError(f"checkpoint {path} is truncated or corrupt ({error})") from error
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError,
+            MemoryError) as error:
+        text = str(error).strip()
+        first_line = text.splitlines()[0] if text else type(error).__name__
+        raise CheckpointError(
+            f"checkpoint {path} is truncated or corrupt ({first_line})") from error
+
+
+def load_weights(path: Path) -> dict[str, torch.Tensor]:
+    """A bare state dict saved by `save_weights` (an averaging snapshot), by `load`'s rules."""
+    if not path.is_file():
+        raise CheckpointError(f"no weights file at {path}")
+    weights = load_data(path)
+    if not isinstance(weights, dict) or not all(isinstance(v, torch.Tensor)
+                                                for v in weights.values()):
+        raise CheckpointError(f"{path} is not a state dict of tensors")
+    return weights
 
 
 def resolve(run_dir: Path, which: str = "best") -> Path:

@@ -92,8 +92,10 @@ def evaluate(
 def evaluate_with(
     translate: Callable[[list[str]], Iterable[str]], sources: list[str], references: list[str],
     *, beam: int, hyp_path: Path | None = None, result_path: Path | None = None,
+    provenance: dict | None = None,
 ) -> dict:
-    """`evaluate` with any translator (a line of output per line in): mha's or an exported one."""
+    """`evaluate` with any translator (a line of output per line in): mha's or an exported one;
+    `provenance` (where the run and this evaluation come from) goes into the result as is."""
     start = time.perf_counter()
     hypotheses = list(translate(sources))
     seconds = time.perf_counter() - start
@@ -103,7 +105,8 @@ def evaluate_with(
         log.debug("wrote %d hypotheses to %s", len(hypotheses), hyp_path)
     result = {**result, "sentences": len(sources), "seconds": round(seconds, 3),
               "sentences_per_second": round(len(sources) / max(seconds, 1e-9), 1), "beam": beam,
-              "hypotheses": str(hyp_path) if hyp_path is not None else None}
+              "hypotheses": str(hyp_path) if hyp_path is not None else None,
+              **({"provenance": provenance} if provenance is not None else {})}
     if result_path is not None:
         text = json.dumps(result, indent=1).encode("utf-8")
         atomic_write(result_path, lambda file: file.write(text))

@@ -105,7 +105,7 @@ def test_sigint_and_resume_equal_an_uninterrupted_two_process_run(tmp_path, smal
     process.send_signal(signal.SIGINT)  # torchrun passes it on to both workers
     stderr = finish(process)
     assert "--resume" in stderr, stderr[-3000:]
-    saved = torch.load(run / "checkpoints" / "last.pt", weights_only=False)
+    saved = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
     stopped = saved["step"]
     assert stopped >= 3
     rank0_rng, rank1_rng = saved["rng"]  # one dropout stream per rank

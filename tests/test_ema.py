@@ -73,7 +73,7 @@ def test_resumed_run_with_the_average_equals_uninterrupted_run(tmp_path, small_c
     expected, got = losses(tmp_path / "a"), losses(tmp_path / "b")
     assert sorted(got) == list(range(1, 11))
     assert all(abs(expected[step] - got[step]) < 1e-6 for step in expected)
-    straight, resumed = (torch.load(tmp_path / run / "checkpoints" / "last.pt", weights_only=False)
+    straight, resumed = (torch.load(tmp_path / run / "checkpoints" / "last.pt", weights_only=True)
                          for run in ("a", "b"))
     assert straight["ema"]["updates"] == resumed["ema"]["updates"] == 10
     for name, weight in straight["ema"]["weights"].items():
@@ -90,7 +90,7 @@ def test_validation_scores_the_average_and_best_pt_holds_it(tmp_path, small_corp
     assert len(validation) == 1
     assert {"val_loss", "val_bleu", "raw_val_loss", "raw_val_bleu"} <= validation[0].keys()
     assert validation[0]["val_loss"] != validation[0]["raw_val_loss"]
-    best, last = (torch.load(run / "checkpoints" / f"{name}.pt", weights_only=False)
+    best, last = (torch.load(run / "checkpoints" / f"{name}.pt", weights_only=True)
                   for name in ("best", "last"))
     assert best["weights"] == "ema" and "weights" not in last
     for name, weight in last["ema"]["weights"].items():
@@ -102,7 +102,7 @@ def test_validation_scores_the_average_and_best_pt_holds_it(tmp_path, small_corp
 def test_without_the_average_checkpoints_keep_the_raw_weights(tmp_path, small_corpus):
     run = tmp_path / "run"
     train(tiny(run, small_corpus, "train.max_steps=5", "train.eval_every=5"))
-    best, last = (torch.load(run / "checkpoints" / f"{name}.pt", weights_only=False)
+    best, last = (torch.load(run / "checkpoints" / f"{name}.pt", weights_only=True)
                   for name in ("best", "last"))
     assert last["ema"] is None and "weights" not in best
     records = read_metrics(run / "metrics.jsonl")

@@ -101,7 +101,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, small_corpu
     monkeypatch.setattr(train_module, "summed_loss", poisoned)
     with pytest.raises(TrainingError, match=r"loss became nan at step \d+"):
         train(cfg)
-    kept = torch.load(last, weights_only=False)
+    kept = torch.load(last, weights_only=True)
     assert kept["step"] == 4
     assert all(torch.isfinite(v).all() for v in kept["model"].values())
 
@@ -184,7 +184,7 @@ def test_signal_saves_and_resume_continues_exactly(tmp_path, small_corpus, signu
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == 128 + signum, stderr[-2000:]
     assert "--resume" in stderr and "Traceback" not in stderr
-    stopped = torch.load(run / "checkpoints" / "last.pt", weights_only=False)["step"]
+    stopped = torch.load(run / "checkpoints" / "last.pt", weights_only=True)["step"]
     assert stopped >= 3
     train(tiny(run, small_corpus, f"train.max_steps={stopped + 3}"), resume=True)
     train(tiny(tmp_path / "straight", small_corpus, f"train.max_steps={stopped + 3}"))

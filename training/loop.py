@@ -15,9 +15,10 @@ import torch
 
 from mha.configs.schema import Config, dump, parse_duration, to_dict
 from mha.data.prepare import load_prepared, prepare
+from mha.data.runlock import run_lock
 from mha.data.sampling import SubwordSampler
 from mha.inference import checkpoint
-from mha.inference.checkpoint import CheckpointError
+from mha.inference.provenance import corpus_record, record_run
 from mha.inference.run import pick_device
 from mha.model.transformer import Transformer
 from mha.training.distributed import Distributed
@@ -35,10 +36,12 @@ from mha.training.state import (
     keep_snapshot,
     restore,
     rng_state,
+    saved_state,
 )
 from mha.training.validate import validate
 
 log = logging.getLogger(__name__)
+TRAINING_FILES = ("config.yaml", "metrics.jsonl", "curves.png", "provenance.json")  # in run_dir
 
 
 class TrainingError(Exception):
@@ -54,13 +57,15 @@ class Trained:
 def train(cfg: Config, resume: bool = False) -> Trained:
     """Train to the first of max_steps, max_time, patience or a signal."""
     dist = Distributed.from_env(cfg.train.device)
+    lock = run_lock(cfg.run_dir, "train") if dist.is_main else contextlib.nullcontext()
     try:
-        trainer = Trainer(cfg, resume, dist)
-        try:
-            return trainer.run()
-        finally:  # also after an error: the bar ends its line before the error is printed
-            if trainer.monitor is not None:
-                trainer.monitor.close()
+        with lock:  # rank 0 holds the run folder for the job
+            trainer = Trainer(cfg, resume, dist)
+            try:
+                return trainer.run()
+            finally:  # also after an error: the bar ends its line before the error is printed
+                if trainer.monitor is not None:
+                    trainer.monitor.close()
     finally:
         dist.close()
 
@@ -76,16 +81,18 @@ class Trainer:
         check_precision(self.settings.precision, self.device)
         self.run_dir = Path(cfg.run_dir)
         self.last = self.run_dir / "checkpoints" / "last.pt"
+        saved = saved_state(self.last, cfg, resume)  # refusals come before any write
         if dist.is_main:  # before anything writes: a killed write's temporary files go
-            for folder in (self.run_dir, self.last.parent):
-                checkpoint.remove_leftovers(folder)
+            checkpoint.remove_leftovers(self.run_dir, TRAINING_FILES)
+            checkpoint.remove_leftovers(self.last.parent)
         prepared = prepare(cfg) if dist.is_main else None  # rank 0 tokenizes when needed
         dist.barrier()
         self.prepared = prepared or load_prepared(cfg.run_dir)
         self.tokenizer = self.prepared.tokenizer
         self.progress = Progress()  # the schedule reads it; a resumed run replaces it
         self._build_model()
-        self.progress = self._resume_or_start(resume)
+        self.progress = (restore(saved, self.model, self.optim, dist.rank, self.ema)
+                         if saved else Progress())
         if dist.is_main:
             checkpoint.write(self.run_dir / "config.yaml", lambda f: f.write(dump(cfg).encode()))
         self.sampler = SubwordSampler.from_config(cfg, self.prepared)
@@ -93,6 +100,9 @@ class Trainer:
         self.batches = self.sampler.token_batches(self.train_set)
         self.autocast = settle(self.settings, self.progress, self.model, self.train_set,
                                self.batches, self.device, dist)  # train.precision auto decides
+        if dist.is_main:
+            record_run(self.run_dir, self.progress.step, self.device,
+                       self.progress.precision or self.settings.precision, corpus_record(cfg.data))
         self.stream = self.batches.stream(self.progress.epoch, self.progress.position, dist.rank,
                                           dist.world_size)
         self.ddp_model = dist.wrap(self.model)
@@ -111,17 +121,6 @@ class Trainer:
         self.optim = Optimizer(self.model, settings, self.device,
                                lambda step: lr_factor(step, settings, self.progress))
         self.ema = EMA.attach(self.model, self.optim.adam, settings.ema_decay)  # None when 0
-
-    def _resume_or_start(self, resume: bool) -> Progress:
-        if resume:
-            progress = restore(checkpoint.load(self.last), self.cfg, self.model, self.optim,
-                               self.dist.rank, self.ema)
-            log.info("resuming from %s at step %d", self.last, progress.step)
-            return progress
-        if self.last.exists():
-            raise CheckpointError(f"{self.run_dir} already holds a run (checkpoints/last.pt): pass "
-                                  "--resume to continue it, or set another run_dir")
-        return Progress()
 
     def save(self, path: Path, **extra) -> None:
         state = {"step": self.progress.step, "config": to_dict(self.cfg),

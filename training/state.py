@@ -79,11 +79,9 @@ def set_rng_state(states: list[dict], rank: int) -> None:
         torch.cuda.set_rng_state_all(rng["cuda"])
 
 
-def restore(state: dict, cfg: Config, model: Transformer, optim: Optimizer, rank: int = 0,
-            ema: EMA | None = None) -> Progress:
-    """Load a checkpoint's training state into the given objects (and process `rank`'s random
-    state); CheckpointError if it differs from `cfg` in anything but RESUMABLE_CHANGES or does
-    not fit the model."""
+def check_resumable(state: dict, cfg: Config) -> None:
+    """CheckpointError if the checkpoint's config differs from `cfg` in anything but
+    RESUMABLE_CHANGES: run before anything is written, so a refusal changes nothing."""
     saved, current = to_dict(from_dict(state["config"])), to_dict(cfg)
     differences = [
         f"{section}.{key} ({old!r} in the checkpoint, {current[section][key]!r} now)"
@@ -94,6 +92,25 @@ def restore(state: dict, cfg: Config, model: Transformer, optim: Optimizer, rank
     if differences:
         raise CheckpointError("cannot resume: the config differs from the checkpoint's at "
                               + "; ".join(differences))
+
+
+def saved_state(last: Path, cfg: Config, resume: bool) -> dict | None:
+    """last.pt's state, checked against `cfg`, when resuming; None for a new run. Raises
+    CheckpointError before anything is written, so a refusal changes nothing."""
+    if not resume:
+        if last.exists():
+            raise CheckpointError(f"{last.parents[1]} already holds a run (checkpoints/last.pt): "
+                                  "pass --resume to continue it, or set another run_dir")
+        return None
+    state = checkpoint.load(last)
+    check_resumable(state, cfg)
+    return state
+
+
+def restore(state: dict, model: Transformer, optim: Optimizer, rank: int = 0,
+            ema: EMA | None = None) -> Progress:
+    """Load a checkpoint's training state (checked by `check_resumable`) into the given objects
+    and process `rank`'s random state; CheckpointError if it does not fit the model."""
     try:
         model.load_state_dict(state["model"])
         optim.load_state_dict(state)
@@ -103,7 +120,9 @@ def restore(state: dict, cfg: Config, model: Transformer, optim: Optimizer, rank
     if ema is not None:
         ema.load_state_dict(state["ema"])  # present: train.ema_decay equals the checkpoint's
     set_rng_state(state["rng"], rank)
-    return Progress(**state["progress"])
+    progress = Progress(**state["progress"])
+    log.info("resuming at step %d", progress.step)
+    return progress
 
 
 def keep_snapshot(model: Transformer, run_dir: Path, progress: Progress, keep: int) -> list[Path]:
@@ -121,6 +140,6 @@ def keep_snapshot(model: Transformer, run_dir: Path, progress: Progress, keep: i
 def averaged_snapshots(run_dir: Path, steps: list[int], device: torch.device) -> dict:
     """The element-wise mean of the kept snapshots' weights."""
     folder = run_dir / "checkpoints"
-    snapshots = [torch.load(folder / f"weights_{s}.pt", map_location=device) for s in steps]
-    return {k: sum(s[k].float() for s in snapshots).div(len(snapshots)).to(v.dtype)
+    snapshots = [checkpoint.load_weights(folder / f"weights_{s}.pt") for s in steps]
+    return {k: sum(s[k].float() for s in snapshots).div(len(snapshots)).to(v.dtype).to(device)
             for k, v in snapshots[0].items()}
