@@ -44,7 +44,7 @@ def test_printed_parameters_equal_the_models(args: list[str], vocab: int) -> Non
     cfg = load_config(args[0], overrides)
     model = Transformer(cfg.model, vocab, vocab)
     assert printed_total(output) == sum(p.numel() for p in model.parameters())
-    assert f"d_k = d_model / heads = {cfg.d_k}" in output
+    assert f"d_k = d_model / heads = {cfg.model.d_model // cfg.model.heads}" in output
     assert f"vocabulary {vocab:,} -> {vocab:,}" in output
 
 
