@@ -31,11 +31,10 @@ from mha.configs.schema import DecodeConfig
 from mha.data.files import DataError, atomic_write
 from mha.data.tokenizer import Tokenizer
 from mha.inference.checkpoint import resolve
-from mha.inference.pictures import src_labels
+from mha.inference.pictures import src_labels, teacher_forced
 from mha.inference.run import load_model
-from mha.inference.translate import decode_ids, encode_sources, warn_unknown_characters
+from mha.inference.translate import MhaEngine, encode_sources, warn_unknown_characters
 from mha.model.decode import beam_search
-from mha.model.masks import padding_mask
 from mha.model.transformer import Transformer
 
 MAX_SENTENCES = 100
@@ -61,20 +60,15 @@ def collect(
     model: Transformer, tokenizer: Tokenizer, text: str, decode_cfg: DecodeConfig, beam: int = 1,
 ) -> dict:
     """One sentence's entry of the page's JSON (see the module docstring)."""
-    device = next(model.parameters()).device
     source = encode_sources(tokenizer, [text], model.cfg.max_tokens)[0] or [Tokenizer.EOS]
     beams: list[list] = []
     if beam > 1:
         output = _beam(model, tokenizer, source, beam, decode_cfg, beams)
     else:
-        output = decode_ids(model, [source], beam=1, use_cache=True, decode_cfg=decode_cfg)[0]
-    src_ids = torch.tensor([source], device=device)  # (1, S)
-    tgt_in = torch.tensor([[Tokenizer.BOS, *output]], device=device)  # (1, T)
-    src_pad_mask = padding_mask(src_ids, model.pad_id)
-    memory, encoder = model.encode(src_ids, src_pad_mask, need_weights=True)  # (1, S, D)
-    logits, decoder = model.decode(tgt_in, memory, src_pad_mask, need_weights=True)  # (1, T, V)
+        output = MhaEngine(model, tokenizer, decode_cfg).decode_ids([source], beam=1)[0]
+    forced = teacher_forced(model, source, output)
     tgt_out = tokenizer.tgt_pieces([*output, Tokenizer.EOS])
-    steps = _steps(tokenizer, logits[0], tgt_out)
+    steps = _steps(tokenizer, forced.logits, tgt_out)
     for step, live in zip(steps, beams):
         step["beams"] = live
     return {
@@ -82,9 +76,9 @@ def collect(
         "src": src_labels(tokenizer, text, len(source)),
         "tgt_in": tokenizer.tgt_pieces([Tokenizer.BOS, *output]), "tgt_out": tgt_out,
         "weights": {
-            "encoder": [_rounded(w[0]) for w in encoder],  # L x (H, S, S)
-            "decoder": [_rounded(self_w[0]) for self_w, _ in decoder],  # L x (H, T, T)
-            "cross": [_rounded(cross_w[0]) for _, cross_w in decoder],  # L x (H, T, S)
+            "encoder": [_rounded(w) for w in forced.encoder],  # L x (H, S, S)
+            "decoder": [_rounded(w) for w in forced.decoder],  # L x (H, T, T)
+            "cross": [_rounded(w) for w in forced.cross],  # L x (H, T, S)
         },
         "steps": steps,
     }

@@ -19,8 +19,8 @@ from torch import Tensor
 from mha.configs.schema import DecodeConfig
 from mha.data.files import atomic_write
 from mha.data.tokenizer import Tokenizer
-from mha.inference.translate import decode_ids, encode_sources
-from mha.model.masks import padding_mask
+from mha.inference.translate import MhaEngine, encode_sources
+from mha.model.attention import AttentionRecorder
 from mha.model.transformer import Transformer
 
 CELL_INCHES = 0.22  # per token, so labels stay legible whatever the sentence length
@@ -38,27 +38,47 @@ class Attention:
     self: list[Tensor]
 
 
+@dataclass
+class TeacherForced:
+    """A pass over source and BOS + output: logits (T, V) and, per layer, encoder self-attention
+    (H, S, S), decoder self-attention (H, T, T) and encoder-decoder attention (H, T, S)."""
+
+    logits: Tensor
+    encoder: list[Tensor]
+    decoder: list[Tensor]
+    cross: list[Tensor]
+
+
 @torch.no_grad()
+def teacher_forced(model: Transformer, source: list[int], output: list[int]) -> TeacherForced:
+    """Run the model over source ids (ending in EOS) and BOS + output ids, recording every
+    attention weight; shared by the pictures and `mha explore`."""
+    device = next(model.parameters()).device
+    src_ids = torch.tensor([source], device=device)  # (1, S)
+    tgt_in = torch.tensor([[Tokenizer.BOS, *output]], device=device)  # (1, T)
+    with AttentionRecorder(model) as recorded:
+        logits = model(src_ids, tgt_in)  # (1, T, V)
+    weights = {name: w[0].cpu() for name, w in recorded.items()}  # each (H, Tq, Tk)
+    return TeacherForced(
+        logits[0], [weights[f"encoder.{i}.self_attn"] for i in range(len(model.encoder))],
+        *([weights[f"decoder.{i}.{kind}"] for i in range(len(model.decoder))]
+          for kind in ("self_attn", "cross_attn")))
+
+
 def attention_weights(
     model: Transformer, tokenizer: Tokenizer, text: str, decode_cfg: DecodeConfig, beam: int = 1,
 ) -> Attention:
     """Translate `text` (greedy, or beam search), then collect every decoder layer's attention
     over the result in one teacher-forced pass."""
-    device = next(model.parameters()).device
     source = encode_sources(tokenizer, [text], model.cfg.max_tokens)[0] or [Tokenizer.EOS]
-    output = decode_ids(model, [source], beam=beam, use_cache=True, decode_cfg=decode_cfg)[0]
-    src_ids = torch.tensor([source], device=device)  # (1, S)
-    tgt_in = torch.tensor([[Tokenizer.BOS, *output]], device=device)  # (1, T)
-    src_pad_mask = padding_mask(src_ids, model.pad_id)
-    memory = model.encode(src_ids, src_pad_mask)  # (1, S, D)
-    _, weights = model.decode(tgt_in, memory, src_pad_mask, need_weights=True)
+    output = MhaEngine(model, tokenizer, decode_cfg).decode_ids([source], beam=beam)[0]
+    weights = teacher_forced(model, source, output)
     return Attention(
         translation=tokenizer.decode_tgt(output),
         src_pieces=src_labels(tokenizer, text, len(source)),
         tgt_in_pieces=tokenizer.tgt_pieces([Tokenizer.BOS, *output]),
         tgt_out_pieces=tokenizer.tgt_pieces([*output, Tokenizer.EOS]),
-        cross=[cross[0].cpu() for _, cross in weights],  # each (H, T, S)
-        self=[self_weights[0].cpu() for self_weights, _ in weights],  # each (H, T, T)
+        cross=weights.cross, self=weights.decoder,
     )
 
 

@@ -15,7 +15,7 @@ from mha.configs.checks import RANGES, Range
 from mha.configs.schema import Config, ConfigError, load_config
 from mha.data.batching import TokenBatches, collate
 from mha.data.tokenizer import Tokenizer
-from mha.inference.translate import decode_ids
+from mha.inference.translate import MhaEngine
 from mha.model.transformer import Transformer
 from mha.training.ema import EMA
 from mha.training.loss import summed_loss
@@ -165,8 +165,8 @@ def decode_longest(model: Transformer, cfg: Config) -> None:
     sources = [[5] * cfg.data.max_len + [Tokenizer.EOS], [4, Tokenizer.EOS]]
     for beam in sorted({1, cfg.decode.beam}):
         for start in range(0, len(sources), cfg.decode.batch_size):
-            outputs = decode_ids(model, sources[start:start + cfg.decode.batch_size], beam=beam,
-                                 use_cache=True, decode_cfg=cfg.decode)
+            outputs = MhaEngine(model, None, cfg.decode).decode_ids(
+                sources[start:start + cfg.decode.batch_size], beam=beam)
             assert all(len(ids) <= cfg.model.max_tokens for ids in outputs)
 
 

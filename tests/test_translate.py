@@ -30,7 +30,7 @@ from mha.data.tokenizer import train_tokenizer
 from mha.inference import checkpoint
 from mha.inference.pictures import attention_weights, plot_attention
 from mha.inference.run import load_model
-from mha.inference.translate import translate_lines
+from mha.inference.translate import MhaEngine, translate_lines
 from mha.model.decode import beam_search, greedy
 from mha.model.transformer import Transformer
 
@@ -116,8 +116,9 @@ def invoke(*args: str | Path, input: str | bytes | None = None):
 
 def translate_all(loaded, lines, **options) -> list[str]:
     model, tokenizer, cfg = loaded
-    settings = {"batch_size": 4, "beam": 1, "use_cache": True, "decode_cfg": cfg.decode, **options}
-    return list(translate_lines(model, tokenizer, lines, **settings))
+    settings = {"batch_size": 4, "beam": 1, **options}
+    engine = MhaEngine(model, tokenizer, cfg.decode, use_cache=settings.pop("use_cache", True))
+    return list(translate_lines(engine, lines, **settings))
 
 
 def test_one_line_out_per_line_in_in_order_with_empty_lines_kept(tiny_run, loaded):

@@ -9,6 +9,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
+from mha.inference.run import pick_device
+
 
 class Distributed:
     """The process group, if torchrun started several processes; rank 0 alone writes files."""
@@ -22,7 +24,7 @@ class Distributed:
         world_size = int(os.environ.get("WORLD_SIZE", "1"))
         if world_size == 1:
             return cls()
-        use_cuda = torch.cuda.is_available() and device_name != "cpu"
+        use_cuda = pick_device(device_name).type == "cuda"
         dist.init_process_group("nccl" if use_cuda else "gloo")
         device = torch.device("cpu")
         if use_cuda:

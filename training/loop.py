@@ -23,7 +23,7 @@ from mha.inference.run import pick_device
 from mha.model.transformer import Transformer
 from mha.training.distributed import Distributed
 from mha.training.ema import EMA, validate_scored
-from mha.training.loss import summed_loss
+from mha.training.loss import RealTokenLogits, summed_loss
 from mha.training.monitor import Monitor
 from mha.training.optimizer import Optimizer
 from mha.training.precision import check_precision, settle
@@ -105,7 +105,7 @@ class Trainer:
                        self.progress.precision or self.settings.precision, corpus_record(cfg.data))
         self.stream = self.batches.stream(self.progress.epoch, self.progress.position, dist.rank,
                                           dist.world_size)
-        self.ddp_model = dist.wrap(self.model)
+        self.ddp_model = dist.wrap(RealTokenLogits(self.model))  # DDP runs the whole forward
         budget = self.settings.max_time
         self.max_time = parse_duration(budget) if budget else math.inf
         self.monitor = (Monitor(self.run_dir, self.progress.step if resume else None,

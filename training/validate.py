@@ -11,7 +11,7 @@ from mha.configs.schema import Config
 from mha.data.batching import collate
 from mha.data.prepare import Prepared
 from mha.inference.evaluate import score
-from mha.inference.translate import translate_lines
+from mha.inference.translate import MhaEngine, translate_lines
 from mha.model.transformer import Transformer
 from mha.training.loss import summed_loss
 
@@ -41,7 +41,7 @@ def validate(model: Transformer, prepared: Prepared, cfg: Config, device: torch.
             loss_sum += summed_loss(model, src, tgt_in, tgt_out, cfg.train.label_smoothing).item()
         tokens += batch.tgt_tokens
     with autocast:
-        hypotheses = list(translate_lines(model, prepared.tokenizer, rows["src"],
-                                          batch_size=cfg.decode.batch_size, beam=1, use_cache=True,
-                                          decode_cfg=cfg.decode))
+        engine = MhaEngine(model, prepared.tokenizer, cfg.decode)
+        hypotheses = list(translate_lines(engine, rows["src"], batch_size=cfg.decode.batch_size,
+                                          beam=1))
     return Validation(loss_sum / max(tokens, 1), score(hypotheses, list(rows["tgt"]))["bleu"])
