@@ -16,18 +16,15 @@ import sys
 from pathlib import Path
 
 import pytest
-import test_translate
 import torch
-from test_translate import SENTENCES, assert_user_error, invoke, make_tiny_run, one_thread
+from helpers import SENTENCES, assert_user_error, invoke, make_tiny_run
 
 from mha.inference.ct2 import CTranslate2Engine, compare_greedy, top2_margin
 from mha.inference.export import QUANTIZATIONS, export
 from mha.inference.run import load_model
 from mha.inference.translate import MhaEngine, encode_sources, translate_chunk, translate_lines
 
-# the translate tests' fixtures: one tiny run per session, copies, one torch thread
-tiny_run, run_copy, loaded = test_translate.tiny_run, test_translate.run_copy, test_translate.loaded
-_one_thread = test_translate._one_thread
+pytestmark = pytest.mark.usefixtures("_one_thread")  # one torch thread: the cores are shared
 
 VARIANT = ["model.norm=post", "model.activation=gelu", "model.positional=learned",
            "data.joint_vocab=false", "model.tie_embeddings=false"]
@@ -40,9 +37,7 @@ def ct2():
 
 @pytest.fixture(scope="module")
 def variant_run(small_corpus: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    with one_thread():
-        return make_tiny_run(tmp_path_factory.mktemp("variant_run"), small_corpus,
-                             overrides=VARIANT)
+    return make_tiny_run(tmp_path_factory.mktemp("variant_run"), small_corpus, *VARIANT)
 
 
 @pytest.fixture(scope="module")
