@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from mha.cli.app import app
 from mha.inference import checkpoint
 from mha.inference.checkpoint import CheckpointError
-from mha.training.state import averaged_snapshots
+from mha.training.keeping import averaged_snapshots
 
 TINY = ["data.vocab_size=200", "model.d_model=32", "model.heads=2", "model.d_ff=64",
         "train.batch_tokens=400", "train.warmup_steps=2", "train.max_steps=4",

@@ -43,7 +43,7 @@ def test_probe_never_picks_the_slower_one(monkeypatch, faster):
     monkeypatch.setattr(precision, "_timed_step",
                         lambda model, batch, fmt, smoothing, device: next(seconds[fmt]))
     model, batches = tiny_model_and_batches()
-    assert precision.choose(model, batches, 0.1, CPU, Distributed()) == faster
+    assert precision.faster_precision(model, batches, 0.1, CPU, Distributed()) == faster
 
 
 def test_auto_picks_fp32_without_native_bf16_and_times_nothing(monkeypatch):
@@ -56,7 +56,7 @@ def test_auto_picks_fp32_without_native_bf16_and_times_nothing(monkeypatch):
     monkeypatch.setattr(precision, "step_seconds", no_timing)
     model, batches = tiny_model_and_batches()
     assert not precision.native_bf16(CPU)
-    assert precision.choose(model, batches, 0.1, CPU, Distributed()) == "fp32"
+    assert precision.faster_precision(model, batches, 0.1, CPU, Distributed()) == "fp32"
 
 
 def test_cpu_flags_come_from_proc_cpuinfo():

@@ -46,7 +46,7 @@ class Distributed:
         """Skip the gradient all-reduce on all but the last micro-batch of an update."""
         return net.no_sync() if self.world_size > 1 else contextlib.nullcontext()
 
-    def agree(self, sums: Tensor, elapsed: float) -> tuple[Tensor, float]:
+    def sum_and_latest_clock(self, sums: Tensor, elapsed: float) -> tuple[Tensor, float]:
         """Sum `sums` (1-D) over processes and take the largest `elapsed`, in one all-reduce.
 
         Each process puts its clock in its own slot of the vector, so the summed vector holds
@@ -79,12 +79,8 @@ class Distributed:
         return gathered or []
 
     def broadcast_int(self, value: int) -> int:
-        """Rank 0's value, on every rank."""
-        if self.world_size == 1:
-            return value
-        tensor = torch.tensor([value], dtype=torch.long, device=self.device)
-        dist.broadcast(tensor, src=0)
-        return int(tensor.item())
+        """Rank 0's value, on every rank (exact: float64 holds integers up to 2**53)."""
+        return int(self.broadcast(value)[0])
 
     def barrier(self) -> None:
         if self.world_size > 1:

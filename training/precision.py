@@ -72,9 +72,10 @@ def autocast(precision: str, device: torch.device) -> torch.autocast:
     return torch.autocast(device.type, dtype=half, enabled=precision != "fp32")
 
 
-def settle(settings: TrainConfig, progress: Progress, model: nn.Module, train_set,
-           batches: TokenBatches, device: torch.device, dist: Distributed) -> torch.autocast:
-    """Fix the run's precision once (`progress.precision`) and return its autocast context.
+def decide_precision(settings: TrainConfig, progress: Progress, model: nn.Module, train_set,
+                     batches: TokenBatches, device: torch.device,
+                     dist: Distributed) -> torch.autocast:
+    """Decide the run's precision once (kept in `progress.precision`); return its autocast.
 
     `auto` is decided on the first start (rank 0 times, every rank follows) and kept on resume;
     fp32, bf16 and fp16 are taken as they are.
@@ -83,7 +84,8 @@ def settle(settings: TrainConfig, progress: Progress, model: nn.Module, train_se
         progress.precision = settings.precision
         if settings.precision == "auto":
             samples = probe_batches(train_set, batches, progress.epoch) if dist.is_main else []
-            progress.precision = choose(model, samples, settings.label_smoothing, device, dist)
+            progress.precision = faster_precision(model, samples, settings.label_smoothing,
+                                                  device, dist)
     elif settings.precision == "auto":  # resumed, perhaps on another machine
         log.info("train.precision auto: %s, as chosen when the run started", progress.precision)
         check_precision(progress.precision, device)
@@ -98,8 +100,8 @@ def probe_batches(train_set, batches: TokenBatches, epoch: int) -> list[Batch]:
     return [collate(r["src_ids"], r["tgt_ids"]) for r in rows]
 
 
-def choose(model: nn.Module, samples: list[Batch], label_smoothing: float,
-           device: torch.device, dist: Distributed) -> str:
+def faster_precision(model: nn.Module, samples: list[Batch], label_smoothing: float,
+                     device: torch.device, dist: Distributed) -> str:
     """bf16 where it is native and its steps are faster than fp32's, else fp32; rank 0 decides."""
     choice = "fp32"
     if dist.is_main and not native_bf16(device):

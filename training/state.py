@@ -1,5 +1,5 @@
-"""What a resumed run needs besides weights and optimiser: progress, random state, and the
-snapshots kept for checkpoint averaging."""
+"""What a checkpoint holds besides weights and optimiser (progress, every rank's random state),
+and how a run resumes from it, checked against the config before anything is written."""
 
 from __future__ import annotations
 
@@ -44,6 +44,14 @@ class Progress:
     plan_top: float = 1.0  # ... from this factor (below 1 once corrected halfway)
     plan_corrected: bool = False  # the halfway correction is done
     precision: str = ""  # the run's number format, fixed at its start (train.precision: auto)
+
+    def record_validation(self, bleu: float) -> bool:
+        """Count a validation for train.patience; True when its BLEU is the best so far."""
+        improved = bleu > self.best_bleu
+        self.bad_validations = 0 if improved else self.bad_validations + 1
+        if improved:
+            self.best_bleu, self.best_step = bleu, self.step
+        return improved
 
 
 @dataclasses.dataclass
@@ -123,23 +131,3 @@ def restore(state: dict, model: Transformer, optim: Optimizer, rank: int = 0,
     progress = Progress(**state["progress"])
     log.info("resuming at step %d", progress.step)
     return progress
-
-
-def keep_snapshot(model: Transformer, run_dir: Path, progress: Progress, keep: int) -> list[Path]:
-    """Save the weights of this validation for averaging; the files that fell out of the last
-    `keep` are returned, to delete once last.pt (which lists the kept ones) is written."""
-    folder = run_dir / "checkpoints"
-    weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    checkpoint.save_weights(weights, folder / f"weights_{progress.step}.pt")
-    progress.snapshots.append(progress.step)
-    dropped = [folder / f"weights_{old}.pt" for old in progress.snapshots[:-keep]]
-    progress.snapshots = progress.snapshots[-keep:]
-    return dropped
-
-
-def averaged_snapshots(run_dir: Path, steps: list[int], device: torch.device) -> dict:
-    """The element-wise mean of the kept snapshots' weights."""
-    folder = run_dir / "checkpoints"
-    snapshots = [checkpoint.load_weights(folder / f"weights_{s}.pt") for s in steps]
-    return {k: sum(s[k].float() for s in snapshots).div(len(snapshots)).to(v.dtype).to(device)
-            for k, v in snapshots[0].items()}
