@@ -112,3 +112,13 @@ def test_the_length_check_sees_a_long_function(tmp_path: Path):
     module = tmp_path / "m.py"
     module.write_text("def f():\n" + "    x = 1\n" * MAX_FUNCTION_LINES)
     assert long_functions(module) == [f"f ({MAX_FUNCTION_LINES + 1} lines)"]
+
+
+def test_the_readmes_map_names_every_module():
+    """"Where each idea lives" links each module by its file name (__init__ aside)."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = readme[readme.index("## Where each idea lives"):]
+    section = section[:section.index("\n## ", 1)].replace("\\_", "_")
+    missing = [str(p.relative_to(ROOT)) for p in modules()
+               if p.name != "__init__.py" and f"({p.relative_to(ROOT)})" not in section]
+    assert not missing, missing
