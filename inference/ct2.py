@@ -40,10 +40,8 @@ class CTranslate2Engine:
     """An exported model with its tokenizer and decode settings (the run's mha.yaml): an Engine
     (inference/translate.py) like mha's own decoder."""
 
-    def __init__(
-        self, path: Path, *, device: str = "cpu", compute_type: str = "default",
-        threads: int | None = None,
-    ) -> None:
+    def __init__(self, path: Path, *, device: str = "cpu", compute_type: str = "default",
+                 threads: int | None = None) -> None:
         """Load RUN/ctranslate2 or an exported folder, on `threads` CPU threads (default: as many
         as torch uses; CTranslate2's own default, 4, oversubscribes a 2-core machine).
 
@@ -100,10 +98,8 @@ class Agreement:
 
 
 @torch.no_grad()
-def compare_greedy(
-    model: Transformer, engine: CTranslate2Engine, sources: list[list[int]],
-    tolerance: float = 1e-4,
-) -> Agreement:
+def compare_greedy(model: Transformer, engine: CTranslate2Engine, sources: list[list[int]],
+                   tolerance: float = 1e-4) -> Agreement:
     """Decode each source alone with both; where outputs differ, ask mha's logits how close its
     choice was at the first difference (top-2 margin). Sources are ids ending in EOS."""
     decode = engine.cfg.decode
@@ -124,9 +120,8 @@ def compare_greedy(
 
 
 @torch.no_grad()
-def top2_margin(
-    model: Transformer, src_ids: torch.Tensor, ours: list[int], theirs: list[int],
-) -> float:
+def top2_margin(model: Transformer, src_ids: torch.Tensor, ours: list[int],
+                theirs: list[int]) -> float:
     """mha's top-1 minus top-2 logit at the first position where `ours` and `theirs` differ
     (ending counts as choosing EOS). src_ids (1, S); outputs without BOS/EOS."""
     step = next((k for k, (a, b) in enumerate(zip(ours, theirs)) if a != b),

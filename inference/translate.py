@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Protocol
 
 import torch
@@ -45,12 +45,13 @@ class Engine(Protocol):
 
 
 class MhaEngine:
-    """mha's own decoder: greedy (beam 1, with or without the KV cache) or beam search."""
+    """mha's own decoder: greedy (beam 1, with or without the KV cache) or beam search (whose
+    live prefixes and scores `on_step` sees at each step, as in model/decode.py)."""
 
     def __init__(self, model: Transformer, tokenizer: Tokenizer, decode_cfg: DecodeConfig, *,
-                 use_cache: bool = True) -> None:
+                 use_cache: bool = True, on_step: Callable | None = None) -> None:
         self.model, self.tokenizer, self.decode_cfg = model, tokenizer, decode_cfg
-        self.use_cache, self.max_tokens = use_cache, model.cfg.max_tokens
+        self.use_cache, self.on_step, self.max_tokens = use_cache, on_step, model.cfg.max_tokens
 
     def decode_ids(self, sources: list[list[int]], *, beam: int) -> list[list[int]]:
         model, cfg = self.model, self.decode_cfg
@@ -62,7 +63,7 @@ class MhaEngine:
                   "max_len_b": cfg.max_len_b}
         if beam > 1:
             return beam_search(model, src_ids, beam=beam, length_penalty=cfg.length_penalty,
-                               **limits)
+                               on_step=self.on_step, **limits)
         return greedy(model, src_ids, use_cache=self.use_cache, **limits)
 
     def batch_keys(self, sources: list[list[int]], *, beam: int) -> list[int]:

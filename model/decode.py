@@ -131,9 +131,5 @@ def _extend(b: int, ranked, tokens: Tensor, finished: list, new: tuple, *, lengt
 
 
 def _strip(ids: list[int], eos: int, pad: int) -> list[int]:
-    out = []
-    for token in ids:
-        if token in (eos, pad):
-            break
-        out.append(token)
-    return out
+    """The ids before the first EOS or padding."""
+    return ids[:next((i for i, token in enumerate(ids) if token in (eos, pad)), len(ids))]

@@ -63,7 +63,7 @@ class Distributed:
         return packed[:n], packed[n:].max().item()
 
     def broadcast(self, *values: float) -> tuple[float, ...]:
-        """Rank 0's values, on every process."""
+        """Rank 0's values, on every process (as float64: exact for integers up to 2**53)."""
         if self.world_size == 1:
             return values
         packed = torch.tensor(values, dtype=torch.float64, device=self.device)
@@ -77,10 +77,6 @@ class Distributed:
         gathered = [None] * self.world_size if self.is_main else None
         dist.gather_object(value, gathered, dst=0)
         return gathered or []
-
-    def broadcast_int(self, value: int) -> int:
-        """Rank 0's value, on every rank (exact: float64 holds integers up to 2**53)."""
-        return int(self.broadcast(value)[0])
 
     def barrier(self) -> None:
         if self.world_size > 1:

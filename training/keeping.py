@@ -25,8 +25,7 @@ class Keeper:
         self.average_last, self.state = average_last, state
 
     def remove_leftovers(self) -> None:
-        """The temporary files a killed write of training's own files left (rank 0 alone, before
-        anything writes: other commands' result files keep their writes in progress)."""
+        """Rank 0, before anything writes: the leftovers of training's own files' killed writes."""
         checkpoint.remove_leftovers(self.run_dir, TRAINING_FILES)
         checkpoint.remove_leftovers(self.folder)
 

@@ -13,13 +13,13 @@ import copy
 import logging
 import statistics
 import time
-from pathlib import Path
 
 import torch
 from torch import nn
 
 from mha.configs.schema import ConfigError, TrainConfig
 from mha.data.batching import Batch, TokenBatches, collate
+from mha.inference.provenance import cpu_info
 from mha.training.distributed import Distributed
 from mha.training.loss import summed_loss
 from mha.training.state import Progress
@@ -30,16 +30,9 @@ BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")  # /proc/cpuinfo flags of CPUs that
 PROBE_BATCHES = 4  # the first batch warms up, the others are timed: 3 steps each way
 
 
-def cpu_flags() -> set[str]:
+def cpu_flags() -> frozenset[str]:
     """The CPU's feature flags from /proc/cpuinfo (Linux); empty where there is none."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return set()
-    for line in text.splitlines():
-        if line.startswith("flags"):
-            return set(line.partition(":")[2].split())
-    return set()
+    return cpu_info()[1]
 
 
 def native_bf16(device: torch.device) -> bool:
@@ -114,7 +107,7 @@ def faster_precision(model: nn.Module, samples: list[Batch], label_smoothing: fl
         log.info("train.precision auto: %s (forward + backward, median of %d real batches: bf16 "
                  "%.3f s, fp32 %.3f s; native bf16: %s)", choice, len(samples) - 1,
                  seconds["bf16"], seconds["fp32"], flags)
-    return "bf16" if dist.broadcast_int(int(choice == "bf16")) else "fp32"
+    return "bf16" if dist.broadcast(float(choice == "bf16"))[0] else "fp32"
 
 
 def step_seconds(model: nn.Module, samples: list[Batch], label_smoothing: float,

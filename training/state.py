@@ -87,9 +87,16 @@ def set_rng_state(states: list[dict], rank: int) -> None:
         torch.cuda.set_rng_state_all(rng["cuda"])
 
 
-def check_resumable(state: dict, cfg: Config) -> None:
-    """CheckpointError if the checkpoint's config differs from `cfg` in anything but
-    RESUMABLE_CHANGES: run before anything is written, so a refusal changes nothing."""
+def saved_state(last: Path, cfg: Config, resume: bool) -> dict | None:
+    """last.pt's state when resuming; None for a new run. Raises CheckpointError before anything
+    is written (so a refusal changes nothing) for a new run where last.pt exists, or a checkpoint
+    whose config differs from `cfg` in anything but RESUMABLE_CHANGES."""
+    if not resume:
+        if last.exists():
+            raise CheckpointError(f"{last.parents[1]} already holds a run (checkpoints/last.pt): "
+                                  "pass --resume to continue it, or set another run_dir")
+        return None
+    state = checkpoint.load(last)
     saved, current = to_dict(from_dict(state["config"])), to_dict(cfg)
     differences = [
         f"{section}.{key} ({old!r} in the checkpoint, {current[section][key]!r} now)"
@@ -100,24 +107,12 @@ def check_resumable(state: dict, cfg: Config) -> None:
     if differences:
         raise CheckpointError("cannot resume: the config differs from the checkpoint's at "
                               + "; ".join(differences))
-
-
-def saved_state(last: Path, cfg: Config, resume: bool) -> dict | None:
-    """last.pt's state, checked against `cfg`, when resuming; None for a new run. Raises
-    CheckpointError before anything is written, so a refusal changes nothing."""
-    if not resume:
-        if last.exists():
-            raise CheckpointError(f"{last.parents[1]} already holds a run (checkpoints/last.pt): "
-                                  "pass --resume to continue it, or set another run_dir")
-        return None
-    state = checkpoint.load(last)
-    check_resumable(state, cfg)
     return state
 
 
 def restore(state: dict, model: Transformer, optim: Optimizer, rank: int = 0,
             ema: EMA | None = None) -> Progress:
-    """Load a checkpoint's training state (checked by `check_resumable`) into the given objects
+    """Load a checkpoint's training state (checked by `saved_state`) into the given objects
     and process `rank`'s random state; CheckpointError if it does not fit the model."""
     try:
         model.load_state_dict(state["model"])
