@@ -23,7 +23,7 @@ from mha.inference import checkpoint
 from mha.inference.run import load_model
 from mha.training.optimizer import Optimizer
 from mha.training.schedule import inverse_sqrt, lr_factor
-from mha.training.state import restore
+from mha.training.state import restore, saved_state
 
 REFERENCE = Path(__file__).parents[1] / "docs" / "config_reference.yaml"
 OLD_RUN = Path(__file__).parent / "fixtures" / "run_before_layout"
@@ -85,6 +85,7 @@ def test_a_run_from_before_train_schedule_resumes_with_the_schedule_it_had(
     assert from_dict(state["config"]) == cfg
     model, _, _ = load_model(run_dir, "best", "cpu")
     optim = Optimizer(model, cfg.train, torch.device("cpu"), lambda step: 1.0)
-    progress = restore(state, cfg, model, optim)  # no "cannot resume: the config differs"
+    checked = saved_state(run_dir / "checkpoints" / "best.pt", cfg, resume=True)  # no refusal
+    progress = restore(checked, model, optim)
     assert lr_factor(progress.step, cfg.train, progress) == \
         inverse_sqrt(progress.step, cfg.train.warmup_steps)
