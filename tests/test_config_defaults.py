@@ -58,9 +58,9 @@ def test_a_preset_states_only_what_differs_from_the_defaults(name: str) -> None:
     assert {key for key, given in stated.items() if given == defaults[key]} == set()
 
 
-def test_quick_takes_precision_auto_and_en_de_keeps_fp32() -> None:
+def test_quick_and_en_de_take_precision_auto() -> None:
     assert load_config("quick").train.precision == "auto"
-    assert load_config("multi30k_en_de").train.precision == "fp32"
+    assert load_config("multi30k_en_de").train.precision == "auto"
 
 
 def test_a_stored_config_of_an_older_format_takes_what_it_meant() -> None:
