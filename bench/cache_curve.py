@@ -36,8 +36,9 @@ def step_times(
     times = []
     for _ in range(steps):
         start = time.perf_counter()
-        logits = model.decode(tgt[:, -1:] if use_cache else tgt, memory, src_pad_mask, cache)
-        tgt = torch.cat([tgt, logits[:, -1].argmax(dim=-1, keepdim=True)], dim=1)  # (1, t + 1)
+        hidden = model.decode(tgt[:, -1:] if use_cache else tgt, memory, src_pad_mask, cache)
+        next_id = model.logits(hidden[:, -1]).argmax(dim=-1, keepdim=True)  # (1, 1)
+        tgt = torch.cat([tgt, next_id], dim=1)  # (1, t + 1)
         times.append(time.perf_counter() - start)
     return encoder, times
 

@@ -55,13 +55,13 @@ def child(args: argparse.Namespace) -> None:
     import torch
 
     from mha.inference.run import load_model
-    from mha.inference.translate import translate_lines
+    from mha.inference.translate import MhaEngine, translate_lines
 
     lines = sources(args.run, args.src_file)[:args.count]
     model, tokenizer, cfg = load_model(args.run, args.checkpoint, args.device)
-    options = {"batch_size": args.batch, "beam": args.beam, "use_cache": args.use_cache,
-               "decode_cfg": cfg.decode}
-    list(translate_lines(model, tokenizer, lines[:2], **options))  # warm-up: first-call costs
+    engine = MhaEngine(model, tokenizer, cfg.decode, use_cache=args.use_cache)
+    options = {"batch_size": args.batch, "beam": args.beam}
+    list(translate_lines(engine, lines[:2], **options))  # warm-up: first-call costs
     steps = [0]  # decoder steps: the final LayerNorm (or Identity) runs once a step
     model.decoder_norm.register_forward_hook(lambda *_: steps.__setitem__(0, steps[0] + 1))
     if model.output.weight.is_cuda:
@@ -69,7 +69,7 @@ def child(args: argparse.Namespace) -> None:
         torch.cuda.reset_peak_memory_stats()
     loaded_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     start = time.perf_counter()
-    outputs = list(translate_lines(model, tokenizer, lines, **options))
+    outputs = list(translate_lines(engine, lines, **options))
     if model.output.weight.is_cuda:
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start
@@ -96,13 +96,14 @@ def step_weights(model, use_cache: bool) -> int:
 def ct2_child(args: argparse.Namespace) -> None:
     """One CTranslate2 case: the same sentences, batching and JSON line as `child`."""
     from mha.inference.ct2 import CTranslate2Engine
+    from mha.inference.translate import translate_lines
 
     lines = sources(args.run, args.src_file)[:args.count]
     engine = CTranslate2Engine(args.export, compute_type=args.ct2, threads=args.ct2_threads)
-    list(engine.translate_lines(lines[:2], batch_size=args.batch, beam=1))  # warm-up
+    list(translate_lines(engine, lines[:2], batch_size=args.batch, beam=1))  # warm-up
     loaded_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     start = time.perf_counter()
-    outputs = list(engine.translate_lines(lines, batch_size=args.batch, beam=1))
+    outputs = list(translate_lines(engine, lines, batch_size=args.batch, beam=1))
     seconds = time.perf_counter() - start
     peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     print(json.dumps({"seconds": seconds, "sentences": len(outputs), "steps": None,

@@ -23,7 +23,7 @@ from mha.inference.ct2 import CTranslate2Engine, compare_greedy
 from mha.inference.evaluate import eval_set, score
 from mha.inference.export import export
 from mha.inference.run import load_model
-from mha.inference.translate import encode_sources, translate_lines
+from mha.inference.translate import MhaEngine, encode_sources, translate_lines
 
 
 def main() -> None:
@@ -45,14 +45,14 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as folder:
         exported = export(args.run, output=Path(folder) / "ct2", which=args.checkpoint)
         start = time.perf_counter()
-        hypotheses = list(translate_lines(model, tokenizer, texts, batch_size=args.batch_size,
-                                          beam=1, use_cache=True, decode_cfg=cfg.decode))
+        hypotheses = list(translate_lines(MhaEngine(model, tokenizer, cfg.decode), texts,
+                                          batch_size=args.batch_size, beam=1))
         rows.append(("mha", None, score(hypotheses, references), time.perf_counter() - start))
         for compute_type in ("float32", "int8"):
             engine = CTranslate2Engine(exported, compute_type=compute_type, threads=args.threads)
             agreement = compare_greedy(model, engine, sources)
             start = time.perf_counter()
-            hypotheses = list(engine.translate_lines(texts, batch_size=args.batch_size, beam=1))
+            hypotheses = list(translate_lines(engine, texts, batch_size=args.batch_size, beam=1))
             rows.append((f"CTranslate2 {compute_type}", agreement, score(hypotheses, references),
                          time.perf_counter() - start))
     print(f"{args.run} ({cfg.model.encoder_layers}+{cfg.model.decoder_layers} layers, d_model "

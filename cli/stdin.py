@@ -48,12 +48,9 @@ def read_chunks(stream: BinaryIO, max_lines: int, name: str = "stdin") -> Iterat
         arrivals = _arrivals(stream.fileno())
     except (AttributeError, OSError, ValueError):  # io.UnsupportedOperation is an OSError
         arrivals = chunked(iter(stream), max_lines)
-    number = 0
+    numbers = itertools.count(1)
     for raw_lines in arrivals:
-        texts = []
-        for raw in raw_lines:
-            number += 1
-            texts.append(decode_line(raw, number, name))
+        texts = [decode_line(raw, next(numbers), name) for raw in raw_lines]
         for start in range(0, len(texts), max_lines):
             yield texts[start:start + max_lines]
 

@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from mha.cli.app import command, fail
-from mha.cli.engines import check_engine, line_translator, translate_exported
+from mha.cli.engines import check_engine, open_engine
 
 RunArg = Annotated[Path, typer.Argument(help="A run folder made by `mha train`.")]
 CheckpointOpt = Annotated[str, typer.Option(
@@ -49,7 +49,6 @@ def translate(
     """Translate sentences from the arguments, a file or stdin: one output line per input line."""
     from mha.cli.stdin import stdin_chunks
     from mha.data.files import read_lines
-    from mha.inference.run import load_model
     from mha.inference.translate import (
         translate_chunks,
         translate_lines,
@@ -59,22 +58,19 @@ def translate(
 
     _check_sources(texts, input_file, attention, self_attention, engine, no_cache)
     lines = read_lines(input_file) if input_file else texts  # fails before the model loads
-    if engine != "mha":
-        return _emit(translate_exported(run_dir, device, lines, batch_size, beam, input_file),
-                     output_file)
-    model, tokenizer, cfg = load_model(run_dir, which, device)
+    translator, decode = open_engine(run_dir, engine, which, device, use_cache=not no_cache)
+    tokenizer = translator.tokenizer
     if lines is not None:
         warn_unknown_characters(tokenizer, lines, str(input_file or "the arguments"))
-    options = {"batch_size": batch_size or cfg.decode.batch_size, "beam": beam or cfg.decode.beam,
-               "use_cache": not no_cache, "decode_cfg": cfg.decode}
+    options = {"batch_size": batch_size or decode.batch_size, "beam": beam or decode.beam}
     if attention:  # decoded once, for the picture and the answer
-        outputs = [_draw(model, tokenizer, texts[0], cfg, options["beam"], attention,
-                         self_attention)]
+        outputs = [_draw(translator.model, tokenizer, texts[0], decode, options["beam"],
+                         attention, self_attention)]
     elif lines is not None:
-        outputs = translate_lines(model, tokenizer, lines, **options)
+        outputs = translate_lines(translator, lines, **options)
     else:
         chunks = warn_unknown_in_chunks(tokenizer, stdin_chunks(options["batch_size"]))
-        outputs = translate_chunks(model, tokenizer, chunks, **options)
+        outputs = translate_chunks(translator, chunks, **options)
     _emit(outputs, output_file)
 
 
@@ -88,11 +84,12 @@ def _check_sources(texts: list[str] | None, input_file: Path | None, attention: 
              "(and --self-attention only with it)")
 
 
-def _draw(model, tokenizer, text: str, cfg, beam: int, picture: Path, self_attention: bool) -> str:
+def _draw(model, tokenizer, text: str, decode, beam: int, picture: Path,
+          self_attention: bool) -> str:
     """Draw the sentence's attention into `picture`; returns its translation."""
     from mha.inference.pictures import attention_weights, plot_attention
 
-    weights = attention_weights(model, tokenizer, text, cfg.decode, beam)
+    weights = attention_weights(model, tokenizer, text, decode, beam)
     plot_attention(weights, picture, self_attention=self_attention)
     return weights.translation
 
@@ -154,22 +151,23 @@ def eval(  # the command's name; shadows the builtin only inside this module
     their signatures)."""
     import json
 
-    from mha.inference.evaluate import eval_set, evaluate_with
+    from mha.inference.evaluate import eval_set, evaluate
     from mha.inference.provenance import environment, read_run
     from mha.inference.run import pick_device
     from mha.inference.translate import warn_unknown_characters
 
     check_engine(engine)
-    translate, tokenizer, beam = line_translator(run_dir, engine, which, device, batch_size, beam)
+    translator, decode = open_engine(run_dir, engine, which, device)
+    beam = beam or decode.beam
     sources, references, name = eval_set(run_dir, split, src_file, ref_file)
-    warn_unknown_characters(tokenizer, sources, str(src_file or f"the {split} split"))
+    warn_unknown_characters(translator.tokenizer, sources, str(src_file or f"the {split} split"))
     decoding = ("greedy" if beam == 1 else f"beam{beam}") + ("" if engine == "mha" else
                                                              f".{engine}")
     hyp_path = output_file or run_dir / "eval" / f"{name}.{decoding}.hyp"
     result_path = run_dir / "eval" / f"{name}.{decoding}.json"  # read by `mha compare`
     provenance = {"eval": environment(pick_device(device)), "run": read_run(run_dir)}
-    result = evaluate_with(translate, sources, references, beam=beam, hyp_path=hyp_path,
-                           result_path=result_path, provenance=provenance)
+    result = evaluate(translator, sources, references, batch_size=batch_size or decode.batch_size,
+                      beam=beam, hyp_path=hyp_path, result_path=result_path, provenance=provenance)
     if as_json:
         typer.echo(json.dumps(result))
         return

@@ -1,22 +1,23 @@
-"""Configs: YAML -> dotted overrides -> frozen dataclasses -> one validation.
+"""Configs: YAML -> dotted overrides -> frozen dataclasses, checked by pydantic -> one error.
 
 `load_config("multi30k_de_en", ["model.heads=8"])` reads a preset shipped beside this file (or a
 YAML path), applies `--set` overrides (values parsed as YAML scalars), and checks everything at
-once: every problem found goes into a single `ConfigError`, one line each.
+once: every problem goes into a single `ConfigError`, one sentence each (configs/checks.py).
+The defaults are the recommended preset (Multi30k de->en, 40 minutes on a 2-core CPU); each key
+is documented once, in docs/config_reference.yaml, and its range is its Field constraint here.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
-import difflib
 import re
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Literal, TypeVar
 
 import yaml
+from pydantic import BeforeValidator, ConfigDict, Field, Strict
 
 PRESET_DIR = Path(__file__).parent
 
@@ -29,41 +30,68 @@ class ConfigError(ValueError):
 _EXPONENT_FLOAT = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 
 
-@dataclass(frozen=True)
+def _exponent_float(value: object) -> object:
+    return float(value) if isinstance(value, str) and _EXPONENT_FLOAT.fullmatch(value) else value
+
+
+def _number_as_text(value: object) -> object:
+    return str(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else value
+
+
+# Leaf types, strict: no true for 1 or 2.0 for 2; a float takes an int (or 1e-3), text a number.
+Int = Annotated[int, Strict()]
+Real = Annotated[float, Strict(), BeforeValidator(_exponent_float)]
+Bool = Annotated[bool, Strict()]
+Text = Annotated[str, Strict(), BeforeValidator(_number_as_text)]
+Count = Annotated[Int, Field(ge=1)]
+Whole = Annotated[Int, Field(ge=0)]
+NonNegative = Annotated[Real, Field(ge=0)]
+Fraction = Annotated[Real, Field(ge=0, lt=1)]
+T = TypeVar("T")
+Section = Annotated[T, BeforeValidator(lambda value: {} if value is None else value)]  # `model:`
+
+
+def frozen(cls: type) -> type:
+    """A frozen dataclass; from_dict validates it with pydantic, a direct call does not."""
+    cls.__pydantic_config__ = ConfigDict(extra="forbid", allow_inf_nan=False)
+    return dataclass(frozen=True)(cls)
+
+
+@frozen
 class Splits:
-    train: str = "train"  # split names as the corpus calls them
-    val: str = "val"
-    test: str = "test_2016_flickr"
+    train: Text = "train"
+    val: Text = "val"
+    test: Text = "test_2016_flickr"
 
 
-@dataclass(frozen=True)
+@frozen
 class DataConfig:
-    corpus: str = "multi30k"  # multi30k, a local folder of {split}.{lang}[.gz], or hub:NAME
-    data_dir: str | None = None  # where Multi30k files are looked up first (or $MHA_DATA_DIR)
-    src_lang: str = "de"
-    tgt_lang: str = "en"
-    splits: Splits = field(default_factory=Splits)
-    vocab_size: int = 8000
-    joint_vocab: bool = True  # one SentencePiece model for both sides, or one per side
-    spm_model_type: str = "bpe"  # bpe or unigram
-    spm_sample: int = 1_000_000  # sentences SentencePiece trains on, at most
-    max_len: int = 100  # training pairs longer than this (subwords, either side) are dropped
+    corpus: Text = "multi30k"
+    data_dir: Text | None = None
+    src_lang: Text = "de"
+    tgt_lang: Text = "en"
+    splits: Section[Splits] = field(default_factory=Splits)
+    vocab_size: Annotated[Int, Field(ge=6)] = 6000  # 4 special pieces, "▁", a character
+    joint_vocab: Bool = True
+    spm_model_type: Literal["bpe", "unigram"] = "bpe"
+    spm_sample: Count = 1_000_000
+    max_len: Count = 100
 
 
-@dataclass(frozen=True)
+@frozen
 class ModelConfig:
-    d_model: int = 256
-    heads: int = 4  # d_k = d_v = d_model / heads
-    encoder_layers: int = 3
-    decoder_layers: int = 3
-    d_ff: int = 1024
-    dropout: float = 0.1
-    attention_dropout: float = 0.0
-    activation: str = "relu"  # relu or gelu
-    norm: str = "pre"  # pre or post (the paper's)
-    positional: str = "sinusoidal"  # sinusoidal or learned
-    max_positions: int = 256
-    tie_embeddings: bool = True  # needs data.joint_vocab
+    d_model: Annotated[Int, Field(ge=2)] = 128
+    heads: Count = 4
+    encoder_layers: Count = 4
+    decoder_layers: Count = 4
+    d_ff: Count = 512
+    dropout: Fraction = 0.2
+    attention_dropout: Fraction = 0.0
+    activation: Literal["relu", "gelu"] = "relu"
+    norm: Literal["pre", "post"] = "pre"
+    positional: Literal["sinusoidal", "learned"] = "sinusoidal"
+    max_positions: Annotated[Int, Field(ge=3)] = 256  # BOS, one subword, EOS
+    tie_embeddings: Bool = True
 
     @property
     def max_tokens(self) -> int:
@@ -71,51 +99,55 @@ class ModelConfig:
         return self.max_positions - 1
 
 
-@dataclass(frozen=True)
+@frozen
 class TrainConfig:
-    max_steps: int = 10_000
-    max_time: str | None = None  # wall-clock budget: "40m", "2h", "90s"
-    batch_tokens: int = 4096  # tokens per batch and side, padding included
-    accumulate: int = 1  # batches per optimiser update
-    lr: float = 7e-4  # peak learning rate, reached after warmup
-    warmup_steps: int = 1000
-    schedule: str = "inverse_sqrt"  # or linear: to zero when max_time (or max_steps) ends
-    label_smoothing: float = 0.1
-    clip_norm: float = 1.0  # 0 disables clipping
-    weight_decay: float = 0.0
-    subword_sampling: float = 0.0  # training batches: BPE-dropout p or unigram alpha; 0 off
-    subword_sampling_tgt: bool = True  # sample the target side too, not just the source
-    precision: str = "fp32"  # fp32, bf16, auto (bf16 if native and faster), fp16 (CUDA)
-    seed: int = 1
-    eval_every: int = 500
-    log_every: int = 50
-    patience: int = 0  # validations without a better BLEU before stopping; 0 disables
-    average_last: int = 0  # average the weights of the last N validation checkpoints; 0 disables
-    ema_decay: float = 0.0  # validate and keep an exponential moving average of the weights; 0 off
-    num_threads: int = 0  # torch threads on CPU; 0 lets torch decide
-    device: str = "auto"  # auto, cpu or cuda
+    max_steps: Count = 20_000
+    max_time: Text | None = "40m"
+    batch_tokens: Annotated[Int, Field(ge=3)] = 2048  # the shortest target: BOS, a subword, EOS
+    accumulate: Count = 1
+    lr: Annotated[Real, Field(gt=0)] = 3e-3
+    warmup_steps: Whole = 400
+    schedule: Literal["inverse_sqrt", "linear"] = "linear"
+    label_smoothing: Fraction = 0.1
+    clip_norm: NonNegative = 1.0
+    weight_decay: NonNegative = 0.0
+    subword_sampling: Fraction = 0.0
+    subword_sampling_tgt: Bool = True
+    precision: Literal["fp32", "bf16", "fp16", "auto"] = "auto"
+    seed: Annotated[Int, Field(ge=0, le=2**32 - 1)] = 1  # batches seed * 100_003 + epoch
+    eval_every: Count = 250
+    log_every: Count = 50
+    patience: Whole = 0
+    average_last: Whole = 0
+    ema_decay: Fraction = 0.0
+    num_threads: Whole = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
 
 
-@dataclass(frozen=True)
+@frozen
 class DecodeConfig:
-    beam: int = 1  # 1 is greedy
-    length_penalty: float = 1.0
-    max_len_a: float = 1.5  # output length limit: a * source length + b
-    max_len_b: int = 10
-    batch_size: int = 64
+    beam: Count = 1
+    length_penalty: NonNegative = 1.0
+    max_len_a: NonNegative = 1.5
+    max_len_b: Whole = 10
+    batch_size: Count = 64
 
 
-@dataclass(frozen=True)
+@frozen
 class Config:
-    run_dir: str = "runs/default"
-    data: DataConfig = field(default_factory=DataConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    decode: DecodeConfig = field(default_factory=DecodeConfig)
+    run_dir: Text = "runs/default"
+    data: Section[DataConfig] = field(default_factory=DataConfig)
+    model: Section[ModelConfig] = field(default_factory=ModelConfig)
+    train: Section[TrainConfig] = field(default_factory=TrainConfig)
+    decode: Section[DecodeConfig] = field(default_factory=DecodeConfig)
 
-    @property
-    def d_k(self) -> int:
-        return self.model.d_model // self.model.heads
+
+# Keys added after the first format, with what a config stored before them meant. A config that
+# holds every other key was written by `dump` (a run folder's config.yaml, a checkpoint's): what
+# it lacks takes these values, not today's defaults, so an old run resumes as it was trained.
+# A key added from now on goes here too, with the behaviour its absence meant.
+OLDER_MEANING = {"train.schedule": "inverse_sqrt", "train.ema_decay": 0.0,
+                 "train.subword_sampling": 0.0, "train.subword_sampling_tgt": True}
 
 
 def presets() -> list[str]:
@@ -128,10 +160,8 @@ def load_config(path_or_preset: str | Path, overrides: list[str] = ()) -> Config
     if not path.is_file():
         preset = PRESET_DIR / f"{path_or_preset}.yaml"
         if not preset.is_file():
-            raise ConfigError(
-                f"config {str(path_or_preset)!r}: no such file and no such preset "
-                f"(presets: {', '.join(presets())})"
-            )
+            raise ConfigError(f"config {str(path_or_preset)!r}: no such file and no such "
+                              f"preset (presets: {', '.join(presets())})")
         path = preset
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
@@ -146,12 +176,11 @@ def load_config(path_or_preset: str | Path, overrides: list[str] = ()) -> Config
 
 
 def from_dict(raw: dict) -> Config:
-    """Build a Config from nested dicts (as stored in checkpoints), validating everything."""
-    from mha.configs.checks import check  # checks reads the dataclasses defined here
+    """Build and validate a Config from nested dicts (a YAML file's, a checkpoint's). An older
+    stored format takes OLDER_MEANING for the keys it lacks; any other config, the defaults."""
+    from mha.configs.checks import validate  # checks reads the dataclasses defined here
 
-    problems: list[str] = []
-    cfg = _build(Config, raw, "", problems)  # a bad value falls back to its default here
-    problems += check(cfg)
+    cfg, problems = validate(_with_older_meanings(raw))
     if problems:
         raise ConfigError("invalid config: " + "; ".join(problems))
     return cfg
@@ -162,6 +191,7 @@ def to_dict(cfg: Config) -> dict:
 
 
 def dump(cfg: Config) -> str:
+    """Every key, so a changed default never changes a stored run."""
     return yaml.safe_dump(to_dict(cfg), sort_keys=False)
 
 
@@ -191,53 +221,21 @@ def _apply_override(raw: dict, item: str) -> None:
         node[leaf] = value
 
 
-def _build(cls: type, raw: Any, prefix: str, problems: list[str]) -> Any:
-    """Turn a dict into dataclass `cls`, recording unknown keys and wrong types in problems."""
-    if raw is None:
-        raw = {}
+def _with_older_meanings(raw: object) -> object:
     if not isinstance(raw, dict):
-        problems.append(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {raw!r}")
-        return cls()
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    values = {}
-    for key, value in raw.items():
-        if key not in names:
-            close = difflib.get_close_matches(str(key), names, n=1)
-            hint = (f" (did you mean {prefix}{close[0]}?)" if close
-                    else f" (valid: {', '.join(names)})")
-            problems.append(f"unknown key {prefix}{key}{hint}")
-            continue
-        kind = hints[key]
-        if dataclasses.is_dataclass(kind):
-            values[key] = _build(kind, value, f"{prefix}{key}.", problems)
-        else:
-            ok, converted = _coerce(value, kind)
-            if ok:
-                values[key] = converted
-            else:
-                problems.append(f"{prefix}{key}: expected {_type_name(kind)}, got {value!r}")
-    return cls(**values)
+        return raw
+    present = _keys(raw)
+    if not _keys(to_dict(Config())) - OLDER_MEANING.keys() <= present:
+        return raw  # not a stored config: what it leaves out takes the defaults
+    raw = copy.deepcopy(raw)
+    for key in OLDER_MEANING.keys() - present:
+        section, name = key.split(".")
+        raw[section][name] = OLDER_MEANING[key]
+    return raw
 
 
-def _coerce(value: Any, kind: Any) -> tuple[bool, Any]:
-    options = typing.get_args(kind) if isinstance(kind, types.UnionType) else (kind,)
-    if value is None:
-        return type(None) in options, None
-    for option in options:
-        if option is bool and isinstance(value, bool):
-            return True, value
-        if option is int and isinstance(value, int) and not isinstance(value, bool):
-            return True, value
-        if option is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-            return True, float(value)
-        if option is float and isinstance(value, str) and _EXPONENT_FLOAT.fullmatch(value):
-            return True, float(value)
-        if option is str and isinstance(value, (str, int, float)) and not isinstance(value, bool):
-            return True, str(value)
-    return False, None
-
-
-def _type_name(kind: Any) -> str:
-    options = typing.get_args(kind) if isinstance(kind, types.UnionType) else (kind,)
-    return " or ".join("null" if o is type(None) else o.__name__ for o in options)
+def _keys(tree: dict, prefix: str = "") -> set[str]:
+    """The dotted keys of nested dicts: {"model": {"heads": 4}} -> {"model.heads"}."""
+    return {key for name, value in tree.items()
+            for key in (_keys(value, f"{prefix}{name}.") if isinstance(value, dict)
+                        else [f"{prefix}{name}"])}

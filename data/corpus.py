@@ -76,7 +76,9 @@ def load_corpus(data: DataConfig, splits: dict[str, str] | None = None) -> Corpu
     corpus = Corpus()
     with _no_progress_bars():  # reading is quick; bars would only clutter the CLI's stderr
         if data.corpus.startswith("hub:"):
-            raw = _load_hub(data, splits)
+            hub = _hub_splits(data, splits)
+            raw = {role: hub_pairs(hub[split], data.src_lang, data.tgt_lang)
+                   for role, split in splits.items()}
         else:
             raw = {role: _pairs_dataset(src, tgt, f"the {role} split ({splits[role]!r})")
                    for role, (src, tgt) in corpus_files(data, splits).items()}
@@ -176,12 +178,6 @@ def hub_fingerprints(data: DataConfig) -> dict[str, str]:
     with _no_progress_bars():
         raw = _hub_splits(data, roles(data))
     return {role: raw[split]._fingerprint for role, split in roles(data).items()}
-
-
-def _load_hub(data: DataConfig, splits: dict[str, str]) -> dict[str, datasets.Dataset]:
-    raw = _hub_splits(data, splits)
-    return {role: hub_pairs(raw[split], data.src_lang, data.tgt_lang)
-            for role, split in splits.items()}
 
 
 def _hub_splits(data: DataConfig, splits: dict[str, str]) -> datasets.DatasetDict:

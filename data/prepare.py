@@ -76,7 +76,8 @@ def prepare(cfg: Config, rebuild: bool = False) -> Prepared:
     report["seconds"] = round(time.perf_counter() - start, 2)
     report["max_positions"] = cfg.model.max_positions  # not in the fingerprint: counted each time
     report["cut_at_max_positions"] = over_max_positions(prepared.splits, cfg.model.max_positions)
-    log.log(logging.WARNING if lost(report) else logging.INFO, "%s", losses(report))
+    level = logging.WARNING if any_pairs_lost(report) else logging.INFO
+    log.log(level, "%s", pairs_lost_summary(report))
     (run_dir / "data" / REPORT).write_text(json.dumps(report, indent=1))
     if built:
         (run_dir / "data" / FINGERPRINT).write_text(json.dumps(fingerprint, indent=1))  # last
@@ -97,11 +98,12 @@ def over_max_positions(splits: datasets.DatasetDict, max_positions: int) -> dict
     return counts
 
 
-def lost(report: dict) -> bool:
+def any_pairs_lost(report: dict) -> bool:
+    """True when data.max_len dropped a training pair or model.max_positions cuts any pair."""
     return bool(report["dropped_max_len"] or any(report["cut_at_max_positions"].values()))
 
 
-def losses(report: dict) -> str:
+def pairs_lost_summary(report: dict) -> str:
     """One line: the training pairs data.max_len dropped, the pairs max_positions cuts."""
     pairs = {role: split["pairs"] for role, split in report["splits"].items()}
     dropped = report["dropped_max_len"]
@@ -154,7 +156,7 @@ def format_report(report: dict) -> str:
     vocab = (str(tok["src_vocab_size"]) if tok["joint"]
              else f"{tok['src_vocab_size']} src + {tok['tgt_vocab_size']} tgt")
     lines += [
-        losses(report),
+        pairs_lost_summary(report),
         f"tokenizer: {'joint' if tok['joint'] else 'separate'} {tok['model_type']}, vocab {vocab}",
         f"{'reused the cache' if report['reused'] else 'built'} in {report['seconds']:.1f} s",
     ]

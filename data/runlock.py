@@ -30,7 +30,7 @@ def run_lock(run_dir: str | Path, command: str) -> Iterator[None]:
     """`with run_lock(run_dir, "train"):` holds the run folder's lock, or raises RunBusyError.
 
     The lock file names the holder. A command that ends in an error leaves the folder as it
-    found it: the lock file's previous bytes back, or the file (and a folder it made) gone.
+    found it: the lock file's bytes and times back, or the file (and a folder it made) gone.
     """
     folder = Path(run_dir)
     new_folder = not folder.exists()
@@ -38,16 +38,17 @@ def run_lock(run_dir: str | Path, command: str) -> Iterator[None]:
     path = folder / NAME
     fd, created = _locked(path)
     try:
-        before = b"" if created else path.read_bytes()
+        before = None if created else (path.read_bytes(), os.stat(path))
         _write(fd, json.dumps({"pid": os.getpid(), "command": command,
                                "started": time.strftime("%Y-%m-%d %H:%M:%S %Z")}).encode())
         try:
             yield
         except BaseException:
-            if created:  # unlinked while held: a process that opened it finds it gone (_locked)
+            if before is None:  # unlinked while held: a process that opened it finds it gone
                 path.unlink(missing_ok=True)
-            else:
-                _write(fd, before)
+            else:  # its bytes and times as they were
+                _write(fd, before[0])
+                os.utime(fd, ns=(before[1].st_atime_ns, before[1].st_mtime_ns))
             raise
     finally:
         os.close(fd)  # releases the lock

@@ -8,9 +8,9 @@ Validation and test keep the deterministic segmentation that `prepare` stored.
 
 Exact resume: a batch's draw is seeded from (seed, epoch, position, rank, side) alone.
 
-The token bound: a sampled segmentation is longer (BPE-dropout 0.1 adds ~40% on Multi30k), so
-TokenBatches cuts batches from the stored lengths times a margin: the 90th percentile of the
-ratio sampled / stored length, measured once on an evenly spread sample of training pairs. A batch
+The token bound: a sampled segmentation is longer (the README gives the figure), so TokenBatches
+cuts batches from the stored lengths times a margin: the 90th percentile of the ratio sampled /
+stored length, measured once on an evenly spread sample of training pairs. A batch
 of R rows then allows batch_tokens // R ids a row (and data.max_len subwords); a row whose sampled
 ids are longer keeps its stored ids, which always fit. So every batch stays within batch_tokens on
 both sides, padding included, and roughly one row in ten keeps its deterministic segmentation.

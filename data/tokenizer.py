@@ -8,6 +8,7 @@ checkpoint carries its tokenizer.
 from __future__ import annotations
 
 import io
+import itertools
 import logging
 import os
 import re
@@ -70,13 +71,8 @@ class Tokenizer:
 
     def decode_tgt(self, ids: Iterable[int]) -> str:
         """Target ids -> text, stopping at the first EOS and skipping BOS and PAD."""
-        kept = []
-        for token in map(int, ids):
-            if token == self.EOS:
-                break
-            if token not in (self.BOS, self.PAD):
-                kept.append(token)
-        return self._tgt.decode(kept)
+        before_eos = itertools.takewhile(lambda token: token != self.EOS, map(int, ids))
+        return self._tgt.decode([t for t in before_eos if t not in (self.BOS, self.PAD)])
 
     def unknown_characters(self, texts: Iterable[str]) -> Counter[str]:
         """The characters of texts that the source vocabulary lacks, with their counts: each is
@@ -119,11 +115,9 @@ class Tokenizer:
         for name in (JOINT_FILE, SRC_FILE, TGT_FILE):
             (folder / name).unlink(missing_ok=True)
         src, tgt = self._protos
-        if tgt is None:
-            (folder / JOINT_FILE).write_bytes(src)
-        else:
-            (folder / SRC_FILE).write_bytes(src)
-            (folder / TGT_FILE).write_bytes(tgt)
+        files = {JOINT_FILE: src} if tgt is None else {SRC_FILE: src, TGT_FILE: tgt}
+        for name, proto in files.items():
+            (folder / name).write_bytes(proto)
 
     @classmethod
     def load(cls, folder: str | Path) -> Tokenizer:

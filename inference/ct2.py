@@ -13,17 +13,16 @@ Legend: B batch, S source length, T target length, V vocabulary size.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from mha.configs.schema import ConfigError, load_config
+from mha.configs.schema import load_config
 from mha.data.tokenizer import Tokenizer
 from mha.inference import export
 from mha.inference.export import ExportError, import_ctranslate2, vocabularies
-from mha.inference.translate import CHUNK_BATCHES, chunked, encode_sources
+from mha.inference.run import pick_device
 from mha.model.decode import greedy, length_limits
 from mha.model.transformer import Transformer
 
@@ -38,12 +37,11 @@ def model_folder(path: Path) -> Path:
 
 
 class CTranslate2Engine:
-    """An exported model with its tokenizer and decode settings (the run's mha.yaml)."""
+    """An exported model with its tokenizer and decode settings (the run's mha.yaml): an Engine
+    (inference/translate.py) like mha's own decoder."""
 
-    def __init__(
-        self, path: Path, *, device: str = "cpu", compute_type: str = "default",
-        threads: int | None = None,
-    ) -> None:
+    def __init__(self, path: Path, *, device: str = "cpu", compute_type: str = "default",
+                 threads: int | None = None) -> None:
         """Load RUN/ctranslate2 or an exported folder, on `threads` CPU threads (default: as many
         as torch uses; CTranslate2's own default, 4, oversubscribes a 2-core machine).
 
@@ -56,40 +54,19 @@ class CTranslate2Engine:
         self.tokenizer = Tokenizer.load(self.folder)
         self.source_pieces, target_pieces = vocabularies(self.tokenizer)
         self.target_ids = {piece: i for i, piece in enumerate(target_pieces)}
+        self.max_tokens = self.cfg.model.max_tokens
+        on = pick_device(device, cuda=ct2.get_cuda_device_count() > 0).type
         try:
-            self.translator = ct2.Translator(str(self.folder), device=_device(device, ct2),
+            self.translator = ct2.Translator(str(self.folder), device=on,
                                              compute_type=compute_type,
                                              intra_threads=threads or torch.get_num_threads())
         except (RuntimeError, ValueError) as error:
             raise ExportError(f"CTranslate2 cannot load {self.folder}: {error}") from None
 
-    def translate_lines(self, lines: Iterable[str], *, batch_size: int, beam: int) -> Iterator[str]:
-        """One line of text per input line, like mha.inference.translate.translate_lines."""
-        chunks = chunked(iter(lines), batch_size * CHUNK_BATCHES)
-        return self.translate_chunks(chunks, batch_size=batch_size, beam=beam)
-
-    def translate_chunks(
-        self, chunks: Iterable[list[str]], *, batch_size: int, beam: int,
-    ) -> Iterator[str]:
-        """A chunk's translations come out before the next chunk is read."""
-        first_line = 1
-        for chunk in chunks:
-            yield from self.translate_chunk(chunk, batch_size=batch_size, beam=beam,
-                                            first_line=first_line)
-            first_line += len(chunk)
-
-    def translate_chunk(
-        self, lines: list[str], *, batch_size: int, beam: int, first_line: int = 1,
-    ) -> list[str]:
-        """Translate lines in batches of similar length; blank lines come out blank."""
-        sources = encode_sources(self.tokenizer, lines, self.cfg.model.max_tokens, first_line)
-        order = sorted((i for i, ids in enumerate(sources) if ids), key=lambda i: -len(sources[i]))
-        caps = dict(zip(order, self.length_caps([sources[i] for i in order]))) if order else {}
-        out = [""] * len(lines)
-        for batch in _batches(order, caps, batch_size, one_cap=beam > 1):
-            for i, ids in zip(batch, self.decode_ids([sources[i] for i in batch], beam=beam)):
-                out[i] = self.tokenizer.decode_tgt(ids)
-        return out
+    def batch_keys(self, sources: list[list[int]], *, beam: int) -> list[int]:
+        """Beam search ranks endings by the length cap: its batches hold sentences with one cap
+        (sources come sorted by length, so equal caps are neighbours)."""
+        return self.length_caps(sources) if beam > 1 and sources else [0] * len(sources)
 
     def decode_ids(self, sources: list[list[int]], *, beam: int) -> list[list[int]]:
         """Source ids (ending in EOS) -> output ids without EOS, each within its length cap."""
@@ -110,31 +87,6 @@ class CTranslate2Engine:
                              self.cfg.model.max_tokens).tolist()
 
 
-def _device(name: str, ct2) -> str:
-    has_cuda = ct2.get_cuda_device_count() > 0
-    if name == "auto":
-        return "cuda" if has_cuda else "cpu"
-    if name not in ("cpu", "cuda"):
-        raise ConfigError(f"device must be one of auto, cpu, cuda, got {name!r}")
-    if name == "cuda" and not has_cuda:
-        raise ConfigError("device cuda was asked for, but CTranslate2 sees no CUDA device "
-                          "(use --device cpu or auto)")
-    return name
-
-
-def _batches(order: list[int], caps: dict[int, int], size: int, one_cap: bool) -> Iterator[list]:
-    """Runs of at most `size` consecutive indices; with one_cap, a run also ends where the cap
-    changes (order is sorted by length, so equal caps are neighbours)."""
-    batch: list[int] = []
-    for i in order:
-        if batch and (len(batch) == size or (one_cap and caps[i] != caps[batch[0]])):
-            yield batch
-            batch = []
-        batch.append(i)
-    if batch:
-        yield batch
-
-
 @dataclass
 class Agreement:
     """Greedy outputs of mha and of the export, compared sentence by sentence."""
@@ -146,10 +98,8 @@ class Agreement:
 
 
 @torch.no_grad()
-def compare_greedy(
-    model: Transformer, engine: CTranslate2Engine, sources: list[list[int]],
-    tolerance: float = 1e-4,
-) -> Agreement:
+def compare_greedy(model: Transformer, engine: CTranslate2Engine, sources: list[list[int]],
+                   tolerance: float = 1e-4) -> Agreement:
     """Decode each source alone with both; where outputs differ, ask mha's logits how close its
     choice was at the first difference (top-2 margin). Sources are ids ending in EOS."""
     decode = engine.cfg.decode
@@ -170,9 +120,8 @@ def compare_greedy(
 
 
 @torch.no_grad()
-def top2_margin(
-    model: Transformer, src_ids: torch.Tensor, ours: list[int], theirs: list[int],
-) -> float:
+def top2_margin(model: Transformer, src_ids: torch.Tensor, ours: list[int],
+                theirs: list[int]) -> float:
     """mha's top-1 minus top-2 logit at the first position where `ours` and `theirs` differ
     (ending counts as choosing EOS). src_ids (1, S); outputs without BOS/EOS."""
     step = next((k for k, (a, b) in enumerate(zip(ours, theirs)) if a != b),

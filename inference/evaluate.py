@@ -11,16 +11,12 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from sacrebleu.metrics import BLEU, CHRF
 
-from mha.configs.schema import DecodeConfig
 from mha.data.files import DataError, atomic_write, read_lines, write_lines
-from mha.data.tokenizer import Tokenizer
-from mha.inference.translate import translate_lines
-from mha.model.transformer import Transformer
+from mha.inference.translate import Engine, translate_lines
 
 log = logging.getLogger(__name__)
 
@@ -72,32 +68,18 @@ def eval_set(
 
 
 def evaluate(
-    model: Transformer, tokenizer: Tokenizer, sources: list[str], references: list[str], *,
-    batch_size: int, beam: int, decode_cfg: DecodeConfig, hyp_path: Path | None = None,
-    result_path: Path | None = None,
+    engine: Engine, sources: list[str], references: list[str], *, batch_size: int, beam: int,
+    hyp_path: Path | None = None, result_path: Path | None = None, provenance: dict | None = None,
 ) -> dict:
-    """Translate sources, score against references, write the hypotheses (atomically) to hyp_path
-    and the returned dict as JSON (atomically) to result_path, for `mha compare` to read.
+    """Translate sources with `engine` (mha's or an exported model), score against references,
+    write the hypotheses (atomically) to hyp_path and the returned dict as JSON (atomically) to
+    result_path, for `mha compare` to read; `provenance` (where the run and this evaluation come
+    from) goes into the result as is.
 
     Returns score()'s keys plus sentences, seconds, sentences_per_second, beam and hypotheses.
     """
-    def translate(lines: list[str]) -> Iterable[str]:
-        return translate_lines(model, tokenizer, lines, batch_size=batch_size, beam=beam,
-                               use_cache=True, decode_cfg=decode_cfg)
-
-    return evaluate_with(translate, sources, references, beam=beam, hyp_path=hyp_path,
-                         result_path=result_path)
-
-
-def evaluate_with(
-    translate: Callable[[list[str]], Iterable[str]], sources: list[str], references: list[str],
-    *, beam: int, hyp_path: Path | None = None, result_path: Path | None = None,
-    provenance: dict | None = None,
-) -> dict:
-    """`evaluate` with any translator (a line of output per line in): mha's or an exported one;
-    `provenance` (where the run and this evaluation come from) goes into the result as is."""
     start = time.perf_counter()
-    hypotheses = list(translate(sources))
+    hypotheses = list(translate_lines(engine, sources, batch_size=batch_size, beam=beam))
     seconds = time.perf_counter() - start
     result = score(hypotheses, references)
     if hyp_path is not None:

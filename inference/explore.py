@@ -24,18 +24,15 @@ import re
 from importlib.resources import files
 from pathlib import Path
 
-import torch
 from torch import Tensor
 
 from mha.configs.schema import DecodeConfig
 from mha.data.files import DataError, atomic_write
 from mha.data.tokenizer import Tokenizer
 from mha.inference.checkpoint import resolve
-from mha.inference.pictures import src_labels
+from mha.inference.pictures import attention_weights
 from mha.inference.run import load_model
-from mha.inference.translate import decode_ids, encode_sources, warn_unknown_characters
-from mha.model.decode import beam_search
-from mha.model.masks import padding_mask
+from mha.inference.translate import warn_unknown_characters
 from mha.model.transformer import Transformer
 
 MAX_SENTENCES = 100
@@ -56,35 +53,27 @@ def check_request(texts: list[str], output: Path) -> None:
         raise DataError(f"cannot write {output}: folder {output.parent} does not exist")
 
 
-@torch.no_grad()
-def collect(
-    model: Transformer, tokenizer: Tokenizer, text: str, decode_cfg: DecodeConfig, beam: int = 1,
-) -> dict:
+def collect(model: Transformer, tokenizer: Tokenizer, text: str, decode_cfg: DecodeConfig,
+            beam: int = 1) -> dict:
     """One sentence's entry of the page's JSON (see the module docstring)."""
-    device = next(model.parameters()).device
-    source = encode_sources(tokenizer, [text], model.cfg.max_tokens)[0] or [Tokenizer.EOS]
     beams: list[list] = []
-    if beam > 1:
-        output = _beam(model, tokenizer, source, beam, decode_cfg, beams)
-    else:
-        output = decode_ids(model, [source], beam=1, use_cache=True, decode_cfg=decode_cfg)[0]
-    src_ids = torch.tensor([source], device=device)  # (1, S)
-    tgt_in = torch.tensor([[Tokenizer.BOS, *output]], device=device)  # (1, T)
-    src_pad_mask = padding_mask(src_ids, model.pad_id)
-    memory, encoder = model.encode(src_ids, src_pad_mask, need_weights=True)  # (1, S, D)
-    logits, decoder = model.decode(tgt_in, memory, src_pad_mask, need_weights=True)  # (1, T, V)
-    tgt_out = tokenizer.tgt_pieces([*output, Tokenizer.EOS])
-    steps = _steps(tokenizer, logits[0], tgt_out)
+
+    def record(tokens: Tensor, scores: Tensor) -> None:  # a beam step's live prefixes
+        live = [[tokenizer.decode_tgt(ids), round(score, DECIMALS)]
+                for ids, score in zip(tokens.tolist(), scores[0].tolist()) if score > -1e30]
+        beams.append(sorted(live, key=lambda item: -item[1]))
+
+    seen = attention_weights(model, tokenizer, text, decode_cfg, beam, on_step=record)
+    steps = _steps(tokenizer, seen.logits, seen.tgt_out_pieces)
     for step, live in zip(steps, beams):
         step["beams"] = live
     return {
-        "text": text, "translation": tokenizer.decode_tgt(output),
-        "src": src_labels(tokenizer, text, len(source)),
-        "tgt_in": tokenizer.tgt_pieces([Tokenizer.BOS, *output]), "tgt_out": tgt_out,
+        "text": text, "translation": seen.translation, "src": seen.src_pieces,
+        "tgt_in": seen.tgt_in_pieces, "tgt_out": seen.tgt_out_pieces,
         "weights": {
-            "encoder": [_rounded(w[0]) for w in encoder],  # L x (H, S, S)
-            "decoder": [_rounded(self_w[0]) for self_w, _ in decoder],  # L x (H, T, T)
-            "cross": [_rounded(cross_w[0]) for _, cross_w in decoder],  # L x (H, T, S)
+            "encoder": [_rounded(w) for w in seen.encoder],  # L x (H, S, S)
+            "decoder": [_rounded(w) for w in seen.self],  # L x (H, T, T)
+            "cross": [_rounded(w) for w in seen.cross],  # L x (H, T, S)
         },
         "steps": steps,
     }
@@ -101,24 +90,6 @@ def _steps(tokenizer: Tokenizer, logits: Tensor, tgt_out: list[str]) -> list[dic
         steps.append({"chosen": tgt_out[t],
                       "candidates": [[piece, round(q, DECIMALS)] for piece, q in zip(pieces, p)]})
     return steps
-
-
-def _beam(
-    model: Transformer, tokenizer: Tokenizer, source: list[int], beam: int,
-    decode_cfg: DecodeConfig, beams: list[list],
-) -> list[int]:
-    """Beam search one source; appends each step's live prefixes [[text, log-prob], ...]."""
-
-    def record(tokens: Tensor, scores: Tensor) -> None:
-        live = [[tokenizer.decode_tgt(ids), round(score, DECIMALS)]
-                for ids, score in zip(tokens.tolist(), scores[0].tolist()) if score > -1e30]
-        beams.append(sorted(live, key=lambda item: -item[1]))
-
-    device = next(model.parameters()).device
-    src_ids = torch.tensor([source], device=device)  # (1, S)
-    return beam_search(model, src_ids, beam=beam, bos=Tokenizer.BOS, eos=Tokenizer.EOS,
-                       max_len_a=decode_cfg.max_len_a, max_len_b=decode_cfg.max_len_b,
-                       length_penalty=decode_cfg.length_penalty, on_step=record)[0]
 
 
 def _rounded(weights: Tensor) -> list:

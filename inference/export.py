@@ -165,11 +165,7 @@ def _set_encoder(spec, model: Transformer, table: np.ndarray) -> None:
     if model.cfg.norm == "pre":
         _set_norm(spec.layer_norm, model.encoder_norm)
     for layer_spec, layer in zip(spec.layer, model.encoder):
-        attention = layer_spec.self_attention
-        _set_norm(attention.layer_norm, layer.attn_block.norm)
-        _set_linear(attention.linear[0], layer.self_attn.w_q, layer.self_attn.w_k,
-                    layer.self_attn.w_v)
-        _set_linear(attention.linear[1], layer.self_attn.w_o)
+        _set_attention(layer_spec.self_attention, layer.attn_block.norm, layer.self_attn)
         _set_feed_forward(layer_spec.ffn, layer)
 
 
@@ -180,16 +176,17 @@ def _set_decoder(spec, model: Transformer, table: np.ndarray) -> None:
         _set_norm(spec.layer_norm, model.decoder_norm)
     _set_linear(spec.projection, model.output)  # tied: the same array as the embeddings
     for layer_spec, layer in zip(spec.layer, model.decoder):
-        attention, cross = layer_spec.self_attention, layer_spec.attention
-        _set_norm(attention.layer_norm, layer.self_block.norm)
-        _set_linear(attention.linear[0], layer.self_attn.w_q, layer.self_attn.w_k,
-                    layer.self_attn.w_v)
-        _set_linear(attention.linear[1], layer.self_attn.w_o)
-        _set_norm(cross.layer_norm, layer.cross_block.norm)
-        _set_linear(cross.linear[0], layer.cross_attn.w_q)
-        _set_linear(cross.linear[1], layer.cross_attn.w_k, layer.cross_attn.w_v)
-        _set_linear(cross.linear[2], layer.cross_attn.w_o)
+        _set_attention(layer_spec.self_attention, layer.self_block.norm, layer.self_attn)
+        _set_attention(layer_spec.attention, layer.cross_block.norm, layer.cross_attn, cross=True)
         _set_feed_forward(layer_spec.ffn, layer)
+
+
+def _set_attention(spec, norm: nn.LayerNorm, attn: nn.Module, cross: bool = False) -> None:
+    """linear[0] = [W_Q; W_K; W_V] (self) or W_Q, linear[1] = [W_K; W_V] (cross); then W_O."""
+    _set_norm(spec.layer_norm, norm)
+    inputs = [[attn.w_q], [attn.w_k, attn.w_v]] if cross else [[attn.w_q, attn.w_k, attn.w_v]]
+    for linear, layers in zip(spec.linear, [*inputs, [attn.w_o]]):
+        _set_linear(linear, *layers)
 
 
 def _set_feed_forward(spec, layer: nn.Module) -> None:

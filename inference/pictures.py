@@ -9,6 +9,7 @@ Legend: H heads, S source length (EOS included), T target length (BOS + output).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,8 +20,8 @@ from torch import Tensor
 from mha.configs.schema import DecodeConfig
 from mha.data.files import atomic_write
 from mha.data.tokenizer import Tokenizer
-from mha.inference.translate import decode_ids, encode_sources
-from mha.model.masks import padding_mask
+from mha.inference.translate import MhaEngine, encode_sources
+from mha.model.attention import AttentionRecorder
 from mha.model.transformer import Transformer
 
 CELL_INCHES = 0.22  # per token, so labels stay legible whatever the sentence length
@@ -28,38 +29,44 @@ CELL_INCHES = 0.22  # per token, so labels stay legible whatever the sentence le
 
 @dataclass
 class Attention:
-    """One sentence's decoder attention: per layer, cross (H, T, S) and self (H, T, T)."""
+    """One sentence, translated and read back in one teacher-forced pass over BOS + output:
+    logits (T, V) and, per layer, encoder self-attention (H, S, S), decoder self-attention
+    (H, T, T) and encoder-decoder attention (H, T, S)."""
 
     translation: str
     src_pieces: list[str]  # S labels: source subwords and EOS
     tgt_in_pieces: list[str]  # T labels: BOS and the output, what the decoder reads
     tgt_out_pieces: list[str]  # T labels: the output and EOS, what it predicts
-    cross: list[Tensor]
+    logits: Tensor
+    encoder: list[Tensor]
     self: list[Tensor]
+    cross: list[Tensor]
 
 
 @torch.no_grad()
 def attention_weights(
     model: Transformer, tokenizer: Tokenizer, text: str, decode_cfg: DecodeConfig, beam: int = 1,
+    on_step: Callable[[Tensor, Tensor], None] | None = None,
 ) -> Attention:
-    """Translate `text` (greedy, or beam search), then collect every decoder layer's attention
-    over the result in one teacher-forced pass."""
-    device = next(model.parameters()).device
+    """Translate `text` (greedy, or beam search, whose live prefixes `on_step` sees), then run
+    the model over the source and BOS + output, recording every attention weight; shared by the
+    pictures and `mha explore`."""
     source = encode_sources(tokenizer, [text], model.cfg.max_tokens)[0] or [Tokenizer.EOS]
-    output = decode_ids(model, [source], beam=beam, use_cache=True, decode_cfg=decode_cfg)[0]
+    engine = MhaEngine(model, tokenizer, decode_cfg, on_step=on_step)
+    output = engine.decode_ids([source], beam=beam)[0]
+    device = next(model.parameters()).device
     src_ids = torch.tensor([source], device=device)  # (1, S)
     tgt_in = torch.tensor([[Tokenizer.BOS, *output]], device=device)  # (1, T)
-    src_pad_mask = padding_mask(src_ids, model.pad_id)
-    memory = model.encode(src_ids, src_pad_mask)  # (1, S, D)
-    _, weights = model.decode(tgt_in, memory, src_pad_mask, need_weights=True)
+    with AttentionRecorder(model) as recorded:
+        logits = model(src_ids, tgt_in)  # (1, T, V)
+    weights = {name: w[0].cpu() for name, w in recorded.items()}  # each (H, Tq, Tk)
     return Attention(
-        translation=tokenizer.decode_tgt(output),
-        src_pieces=src_labels(tokenizer, text, len(source)),
-        tgt_in_pieces=tokenizer.tgt_pieces([Tokenizer.BOS, *output]),
-        tgt_out_pieces=tokenizer.tgt_pieces([*output, Tokenizer.EOS]),
-        cross=[cross[0].cpu() for _, cross in weights],  # each (H, T, S)
-        self=[self_weights[0].cpu() for self_weights, _ in weights],  # each (H, T, T)
-    )
+        tokenizer.decode_tgt(output), src_labels(tokenizer, text, len(source)),
+        tokenizer.tgt_pieces([Tokenizer.BOS, *output]),
+        tokenizer.tgt_pieces([*output, Tokenizer.EOS]), logits[0],
+        [weights[f"encoder.{i}.self_attn"] for i in range(len(model.encoder))],
+        *([weights[f"decoder.{i}.{kind}"] for i in range(len(model.decoder))]
+          for kind in ("self_attn", "cross_attn")))
 
 
 def plot_attention(attention: Attention, path: Path | None = None, *,

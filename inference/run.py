@@ -18,6 +18,7 @@ from mha.data.tokenizer import Tokenizer
 from mha.inference import checkpoint
 from mha.inference.checkpoint import CheckpointError
 from mha.inference.tune import apply_tuned
+from mha.model.fused import fuse_projections
 from mha.model.transformer import Transformer
 
 log = logging.getLogger(__name__)
@@ -25,13 +26,16 @@ log = logging.getLogger(__name__)
 DEVICES = ("auto", "cpu", "cuda")
 
 
-def pick_device(name: str) -> torch.device:
-    """'auto' (cuda when available), 'cpu' or 'cuda'. Raises ConfigError for cuda without CUDA."""
+def pick_device(name: str, cuda: bool | None = None) -> torch.device:
+    """'auto' (cuda when available), 'cpu' or 'cuda': the one device choice of mha, for training,
+    its own decoder and CTranslate2. `cuda` says whether CUDA is there (default: torch's answer;
+    CTranslate2 passes its own). Raises ConfigError for an unknown name or cuda without CUDA."""
     if name not in DEVICES:
         raise ConfigError(f"device must be one of {', '.join(DEVICES)}, got {name!r}")
+    cuda = torch.cuda.is_available() if cuda is None else cuda
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
+        return torch.device("cuda" if cuda else "cpu")
+    if name == "cuda" and not cuda:
         raise ConfigError("device cuda was asked for, but CUDA is not available on this machine "
                           "(use --device cpu or auto)")
     return torch.device(name)
@@ -40,7 +44,8 @@ def pick_device(name: str) -> torch.device:
 def load_model(
     run_dir: Path, which: str = "best", device: str = "cpu",
 ) -> tuple[Transformer, Tokenizer, Config]:
-    """Rebuild the model of `run_dir` from checkpoint `which` (best, last or a path), in eval mode.
+    """Rebuild the model of `run_dir` from checkpoint `which` (best, last or a path), in eval mode
+    with its projections fused for decoding (mha.model.fused: the model is not for training).
 
     The returned config's decode section carries RUN/decode.yaml's tuned beam and length penalty
     when the run has that file (see inference/tune.py).
@@ -67,7 +72,7 @@ def load_model(
         raise CheckpointError(f"checkpoint {path}: {error}") from error
     _load_weights(model, state["model"], path)
     log.debug("loaded %s (step %s) on %s", path, state["step"], target)
-    return model.to(target).eval(), tokenizer, cfg
+    return fuse_projections(model.to(target).eval()), tokenizer, cfg
 
 
 def _tokenizer(state: object, path: Path) -> Tokenizer:

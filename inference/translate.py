@@ -1,9 +1,12 @@
-"""Translate lines of text: one output line per input line, in input order.
+"""Translate lines of text: one decoding engine interface and the one batching loop.
 
-Lines arrive in chunks. Inside a chunk, sentences are sorted by length and decoded `batch_size`
-at a time (so a batch holds little padding), then put back in input order. Empty lines skip the
-model and come out empty. A chunk's translations are yielded as soon as it is done, so a pipe
-that writes one line at a time gets each answer before it writes the next (cli/stdin.py).
+An `Engine` turns batches of source ids into output ids: `MhaEngine` (mha's own decoder) and
+`CTranslate2Engine` (inference/ct2.py, an exported model) both implement it. Everything around a
+batch lives here, once: lines arrive in chunks; inside a chunk, sentences are sorted by length and
+decoded `batch_size` at a time (so a batch holds little padding), then put back in input order.
+Empty lines skip the engine and come out empty. A chunk's translations are yielded as soon as it
+is done, so a pipe that writes one line at a time gets each answer before it writes the next
+(cli/stdin.py).
 
 Legend: B batch, S source length.
 """
@@ -12,7 +15,8 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from typing import Protocol
 
 import torch
 
@@ -27,47 +31,80 @@ CHUNK_BATCHES = 16  # translate_lines sorts this many batches' worth of lines at
 UNKNOWN_SHOWN = 20  # a warning about unknown characters names at most this many
 
 
-def translate_lines(
-    model: Transformer, tokenizer: Tokenizer, lines: Iterable[str], *, batch_size: int,
-    beam: int, use_cache: bool, decode_cfg: DecodeConfig,
-) -> Iterator[str]:
+class Engine(Protocol):
+    """What the batching loop needs from a decoder (scoring a batch and attention may join)."""
+
+    tokenizer: Tokenizer
+    max_tokens: int  # longest source, in ids with EOS
+
+    def decode_ids(self, sources: list[list[int]], *, beam: int) -> list[list[int]]:
+        """One batch: source ids (each ending in EOS) -> output ids without BOS/EOS."""
+
+    def batch_keys(self, sources: list[list[int]], *, beam: int) -> list[int]:
+        """Per source, a key that must be equal within a batch (so a batch may end early)."""
+
+
+class MhaEngine:
+    """mha's own decoder: greedy (beam 1, with or without the KV cache) or beam search (whose
+    live prefixes and scores `on_step` sees at each step, as in model/decode.py)."""
+
+    def __init__(self, model: Transformer, tokenizer: Tokenizer, decode_cfg: DecodeConfig, *,
+                 use_cache: bool = True, on_step: Callable | None = None) -> None:
+        self.model, self.tokenizer, self.decode_cfg = model, tokenizer, decode_cfg
+        self.use_cache, self.on_step, self.max_tokens = use_cache, on_step, model.cfg.max_tokens
+
+    def decode_ids(self, sources: list[list[int]], *, beam: int) -> list[list[int]]:
+        model, cfg = self.model, self.decode_cfg
+        src_ids = torch.full((len(sources), max(map(len, sources))), model.pad_id)  # (B, S)
+        for row, ids in enumerate(sources):
+            src_ids[row, :len(ids)] = torch.tensor(ids)  # padded on the right
+        src_ids = src_ids.to(next(model.parameters()).device)
+        limits = {"bos": Tokenizer.BOS, "eos": Tokenizer.EOS, "max_len_a": cfg.max_len_a,
+                  "max_len_b": cfg.max_len_b}
+        if beam > 1:
+            return beam_search(model, src_ids, beam=beam, length_penalty=cfg.length_penalty,
+                               on_step=self.on_step, **limits)
+        return greedy(model, src_ids, use_cache=self.use_cache, **limits)
+
+    def batch_keys(self, sources: list[list[int]], *, beam: int) -> list[int]:
+        return [0] * len(sources)  # any sentences may share a batch
+
+
+def translate_lines(engine: Engine, lines: Iterable[str], *, batch_size: int,
+                    beam: int) -> Iterator[str]:
     """Translate `lines` (one sentence each), yielding one line of text per input line."""
     chunks = chunked(iter(lines), batch_size * CHUNK_BATCHES)
-    return translate_chunks(model, tokenizer, chunks, batch_size=batch_size, beam=beam,
-                            use_cache=use_cache, decode_cfg=decode_cfg)
+    return translate_chunks(engine, chunks, batch_size=batch_size, beam=beam)
 
 
-def translate_chunks(
-    model: Transformer, tokenizer: Tokenizer, chunks: Iterable[list[str]], *, batch_size: int,
-    beam: int, use_cache: bool, decode_cfg: DecodeConfig,
-) -> Iterator[str]:
+def translate_chunks(engine: Engine, chunks: Iterable[list[str]], *, batch_size: int,
+                     beam: int) -> Iterator[str]:
     """Like `translate_lines`, but a chunk's translations come out before the next chunk is read."""
     first_line = 1
     for chunk in chunks:
-        yield from translate_chunk(model, tokenizer, chunk, batch_size=batch_size, beam=beam,
-                                   use_cache=use_cache, decode_cfg=decode_cfg,
+        yield from translate_chunk(engine, chunk, batch_size=batch_size, beam=beam,
                                    first_line=first_line)
         first_line += len(chunk)
 
 
-def translate_chunk(
-    model: Transformer, tokenizer: Tokenizer, lines: list[str], *, batch_size: int, beam: int,
-    use_cache: bool, decode_cfg: DecodeConfig, first_line: int = 1,
-) -> list[str]:
+def translate_chunk(engine: Engine, lines: list[str], *, batch_size: int, beam: int,
+                    first_line: int = 1) -> list[str]:
     """Translate `lines` in batches formed by length; returns the translations in input order.
 
-    A source longer than the model's positions is cut to model.max_tokens (max_positions - 1),
-    with a warning naming its line (counted from first_line).
+    A source longer than the model's positions is cut to max_tokens (max_positions - 1), with a
+    warning naming its line (counted from first_line).
     """
-    sources = encode_sources(tokenizer, lines, model.cfg.max_tokens, first_line)
+    sources = encode_sources(engine.tokenizer, lines, engine.max_tokens, first_line)
     order = sorted((i for i, ids in enumerate(sources) if ids), key=lambda i: -len(sources[i]))
+    keys = dict(zip(order, engine.batch_keys([sources[i] for i in order], beam=beam)))
     out = [""] * len(lines)
-    for start in range(0, len(order), batch_size):
-        batch = order[start:start + batch_size]
-        outputs = decode_ids(model, [sources[i] for i in batch], beam=beam, use_cache=use_cache,
-                             decode_cfg=decode_cfg)
-        for i, ids in zip(batch, outputs):
-            out[i] = tokenizer.decode_tgt(ids)
+    batch: list[int] = []
+    for i in [*order, None]:  # None: the end, which closes the last batch
+        if batch and (i is None or len(batch) == batch_size or keys[i] != keys[batch[0]]):
+            for j, ids in zip(batch, engine.decode_ids([sources[j] for j in batch], beam=beam)):
+                out[j] = engine.tokenizer.decode_tgt(ids)
+            batch = []
+        batch.append(i)
     return out
 
 
@@ -86,24 +123,6 @@ def encode_sources(
             ids = ids[:max_tokens - 1] + [Tokenizer.EOS]
         sources.append(ids)
     return sources
-
-
-def decode_ids(
-    model: Transformer, sources: list[list[int]], *, beam: int, use_cache: bool,
-    decode_cfg: DecodeConfig,
-) -> list[list[int]]:
-    """Greedy (beam 1) or beam search over one padded batch; returns output ids without EOS."""
-    device = next(model.parameters()).device
-    src_ids = torch.full((len(sources), max(map(len, sources))), model.pad_id, dtype=torch.long)
-    for row, ids in enumerate(sources):
-        src_ids[row, :len(ids)] = torch.tensor(ids)  # (B, S), padded on the right
-    limits = {"max_len_a": decode_cfg.max_len_a, "max_len_b": decode_cfg.max_len_b}
-    src_ids = src_ids.to(device)
-    if beam > 1:
-        return beam_search(model, src_ids, beam=beam, bos=Tokenizer.BOS, eos=Tokenizer.EOS,
-                           length_penalty=decode_cfg.length_penalty, **limits)
-    return greedy(model, src_ids, bos=Tokenizer.BOS, eos=Tokenizer.EOS, use_cache=use_cache,
-                  **limits)
 
 
 def warn_unknown_characters(tokenizer: Tokenizer, lines: list[str], where: str) -> Counter[str]:

@@ -22,7 +22,7 @@ from mha.data.files import atomic_write
 from mha.data.tokenizer import Tokenizer
 from mha.inference import checkpoint
 from mha.inference.evaluate import score
-from mha.inference.translate import translate_lines
+from mha.inference.translate import MhaEngine, translate_lines
 from mha.model.transformer import Transformer
 
 log = logging.getLogger(__name__)
@@ -70,8 +70,8 @@ def tune(
         for penalty in penalties[:1] if beam == 1 else penalties:
             cfg = dataclasses.replace(decode_cfg, length_penalty=penalty)
             start = time.perf_counter()
-            hypotheses = list(translate_lines(model, tokenizer, sources, batch_size=batch_size,
-                                              beam=beam, use_cache=True, decode_cfg=cfg))
+            hypotheses = list(translate_lines(MhaEngine(model, tokenizer, cfg), sources,
+                                              batch_size=batch_size, beam=beam))
             seconds = time.perf_counter() - start
             scores = score(hypotheses, references)
             log.info("beam %d, length penalty %g: BLEU %.2f (lowercased %.2f), %.1f s",

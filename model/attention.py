@@ -32,6 +32,13 @@ class KVCache:
     v: Tensor | None = None
     static: bool = False
 
+    def extend(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """Append this step's k and v (B, H, t, Dk); returns all keys and values so far."""
+        if self.k is not None:
+            k, v = torch.cat([self.k, k], dim=2), torch.cat([self.v, v], dim=2)
+        self.k, self.v = k, v
+        return k, v
+
     def reorder(self, index: Tensor) -> None:
         """Keep batch rows `index` (beam search)."""
         if self.k is not None:
@@ -51,89 +58,67 @@ class MultiHeadAttention(nn.Module):
         self.w_k = nn.Linear(d_model, d_model)  # W_K
         self.w_v = nn.Linear(d_model, d_model)  # W_V
         self.w_o = nn.Linear(d_model, d_model)  # W_O: mixes the concatenated heads
-        self._stacks = {}  # decoding's stacked projections: names -> (weight versions, W, b)
 
     def forward(
-        self, query: Tensor, key: Tensor | None, value: Tensor | None, *,
+        self, query: Tensor, key: Tensor, value: Tensor, *,
         key_padding_mask: Tensor | None = None, causal: bool = False, need_weights: bool = False,
         cache: KVCache | None = None,
     ) -> tuple[Tensor, Tensor | None]:
         """query (B, Tq, D), key and value (B, Tk, D); key_padding_mask (B, Tk) True at padding.
 
         Returns output (B, Tq, D) and, if need_weights, attention weights (B, H, Tq, Tk).
-        With a static cache already filled, key and value may be None.
         """
         B, Tq, _ = query.shape
-        # 1. project (one matmul for the projections that read the same input)
-        reuse = cache is not None and cache.static and cache.k is not None
-        if key is query and value is query and not reuse:  # self-attention
-            q, k, v = self._project(query, "w_q", "w_k", "w_v")  # (B, T, D) each
-        else:
-            q = self.w_q(query)
-            if not reuse:
-                k, v = (self._project(key, "w_k", "w_v") if key is value
-                        else (self.w_k(key), self.w_v(value)))  # (B, Tk, D) each
-        # 2. split heads: (B, T, D) -> (B, H, T, Dk)
-        q = self._split(q)  # (B, H, Tq, Dk)
-        if reuse:
-            k, v = cache.k, cache.v
-        else:
-            k, v = self._split(k), self._split(v)  # (B, H, Tk, Dk)
-            if cache is not None:
-                if cache.k is not None:
-                    k, v = torch.cat([cache.k, k], dim=2), torch.cat([cache.v, v], dim=2)
-                cache.k, cache.v = k, v
-        Tk = k.shape[2]
+        # 1. project and 2. split heads: (B, T, D) -> (B, H, T, Dk)
+        q, k, v = self.project(query, key, value, cache)
         # 3. attend: softmax(Q K^T / sqrt(Dk)) V
-        blocked = attention_mask(key_padding_mask, causal, Tq, Tk, query.device)  # (B|1, 1, Tq, Tk)
+        Tk = k.shape[2]
+        blocked = attention_mask(key_padding_mask, causal, Tq, Tk, query.device)
         dropout = self.dropout if self.training else 0.0
         if need_weights:
             scores = q @ k.transpose(-2, -1) / math.sqrt(self.d_k)  # (B, H, Tq, Tk)
-            if blocked is not None:
+            if blocked is not None:  # (B|1, 1, Tq, Tk)
                 scores = scores.masked_fill(blocked, float("-inf"))
             weights = scores.softmax(dim=-1)
             context = F.dropout(weights, dropout, self.training) @ v  # (B, H, Tq, Dk)
-        else:
+        else:  # the same maths in one kernel; tests/test_attention.py proves they agree
             weights = None
-            if blocked is None or (key_padding_mask is None and Tq == Tk):
-                context = _attend(q, k, v, None, dropout, causal=blocked is not None)
-            else:  # sdpa's boolean mask marks the positions that take part
-                context = _attend(q, k, v, ~blocked, dropout)
+            causal_only = blocked is not None and key_padding_mask is None and Tq == Tk
+            context = kernel_attention(q, k, v, blocked, causal_only, dropout)
         # 4. merge heads: (B, H, Tq, Dk) -> (B, Tq, D), then W_O
         context = context.transpose(1, 2).reshape(B, Tq, self.num_heads * self.d_k)
         return self.w_o(context), weights
 
-    def _project(self, x: Tensor, *names: str) -> tuple[Tensor, ...]:
-        """Apply the named projections to the same x in one matmul:
-        x [W_1; W_2; ...]^T + [b_1; ...].
+    def project(
+        self, query: Tensor, key: Tensor, value: Tensor, cache: KVCache | None = None,
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """Q = query W_Q, K = key W_K, V = value W_V, split into heads: (B, H, T, Dk) each.
 
-        The same maths as calling each, with one pass over x instead of several. Stacking copies
-        the weights, so without autograd (decoding) the copy is kept until a weight changes.
-        """
-        layers = [getattr(self, name) for name in names]
-        if torch.is_grad_enabled():
-            weight, bias = _stack(layers)
-        else:
-            version = [(p.data_ptr(), p._version)
-                       for layer in layers for p in (layer.weight, layer.bias)]
-            if self._stacks.get(names, (None,))[0] != version:
-                self._stacks[names] = (version, *_stack(layers))
-            _, weight, bias = self._stacks[names]
-        return F.linear(x, weight, bias).chunk(len(names), dim=-1)
+        With a cache, K and V also hold the earlier steps' (or, static, the memory's)."""
+        q = self.split(self.w_q(query))  # (B, H, Tq, Dk)
+        if cache is not None and cache.static and cache.k is not None:
+            return q, cache.k, cache.v  # the memory's, projected at the first step
+        k, v = self.split(self.w_k(key)), self.split(self.w_v(value))  # (B, H, Tk, Dk)
+        return (q, *cache.extend(k, v)) if cache is not None else (q, k, v)
 
-    def _split(self, x: Tensor) -> Tensor:
+    def split(self, x: Tensor) -> Tensor:
         B, T, _ = x.shape
         return x.view(B, T, self.num_heads, self.d_k).transpose(1, 2)  # (B, H, T, Dk)
 
 
-def _attend(q: Tensor, k: Tensor, v: Tensor, allowed: Tensor | None, dropout: float,
-            causal: bool = False) -> Tensor:
-    """F.scaled_dot_product_attention, (B, H, Tq, Dk) -> (B, H, Tq, Dk); in fp32 under CPU autocast.
+def kernel_attention(q: Tensor, k: Tensor, v: Tensor, blocked: Tensor | None, causal: bool,
+                    dropout: float) -> Tensor:
+    """softmax(Q K^T / sqrt(Dk)) V by F.scaled_dot_product_attention: (B, H, Tq, Dk) each ->
+    (B, H, Tq, Dk). `blocked` (B|1, 1, Tq, Tk) True where a key is hidden; when it is only the
+    causal mask of a square (`causal`), the kernel builds that itself.
 
-    PyTorch's CPU flash-attention kernel runs ~3x slower in bf16 than in fp32 at this project's
-    sizes (many tiny blocks), so under bf16 autocast on the CPU the attention itself stays fp32;
-    the projections around it keep bf16's fast matmuls.
+    Under CPU bf16 autocast, the attention itself runs in fp32 and the projections around it stay
+    bf16: PyTorch's CPU flash-attention kernel runs ~3x slower in bf16 than in fp32 at this
+    project's sizes (many tiny blocks). Measured (README, "The attention kernel"): forward and
+    backward at B 64, H 4, T 24, Dk 64 took 49 ms in bf16 against 15 ms in fp32; the attention's
+    share of a bf16 update fell from 27% to 11.5%.
     """
+    allowed = None if blocked is None or causal else ~blocked  # sdpa marks who takes part
     if q.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
         with torch.autocast("cpu", enabled=False):
             return F.scaled_dot_product_attention(q.float(), k.float(), v.float(), allowed,
@@ -141,7 +126,37 @@ def _attend(q: Tensor, k: Tensor, v: Tensor, allowed: Tensor | None, dropout: fl
     return F.scaled_dot_product_attention(q, k, v, allowed, dropout_p=dropout, is_causal=causal)
 
 
-def _stack(layers: list[nn.Linear]) -> tuple[Tensor, Tensor]:
-    """[W_1; W_2; ...] (n * D, D) and [b_1; b_2; ...] (n * D,): one Linear doing the work of n."""
-    return (torch.cat([layer.weight for layer in layers]),
-            torch.cat([layer.bias for layer in layers]))
+class AttentionRecorder:
+    """Keeps the attention weights (B, H, Tq, Tk) of every MultiHeadAttention in `model`, by name
+    ("encoder.0.self_attn", "decoder.2.cross_attn", ...), from the passes run inside `with`:
+
+        with AttentionRecorder(model) as weights:
+            model(src_ids, tgt_in)
+        weights["decoder.0.cross_attn"]  # (B, H, T, S)
+
+    A forward pre-hook asks each attention module for its weights (need_weights=True) and a
+    forward hook keeps them; outside `with`, the model runs as before.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        self.names = {module: name for name, module in model.named_modules()
+                      if isinstance(module, MultiHeadAttention)}
+        self.weights: dict[str, Tensor] = {}
+
+    def __enter__(self) -> dict[str, Tensor]:
+        """Returns the dict that the passes fill: name -> weights."""
+        self.handles = []
+        for module in self.names:
+            self.handles += [module.register_forward_pre_hook(self.ask, with_kwargs=True),
+                             module.register_forward_hook(self.keep)]
+        return self.weights
+
+    def __exit__(self, *error: object) -> None:
+        for handle in self.handles:
+            handle.remove()
+
+    def ask(self, module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+        return args, {**kwargs, "need_weights": True}
+
+    def keep(self, module: nn.Module, args: tuple, output: tuple[Tensor, Tensor]) -> None:
+        self.weights[self.names[module]] = output[1]

@@ -39,8 +39,8 @@ def greedy(
     outputs: list[list[int]] = [[] for _ in range(src_ids.shape[0])]
     cache = model.new_cache() if use_cache else None
     for step in range(int(limits.max())):
-        logits = model.decode(tgt[:, -1:] if use_cache else tgt, memory, src_pad_mask, cache)
-        next_ids = logits[:, -1].argmax(dim=-1)  # (b,) for the b live rows
+        hidden = model.decode(tgt[:, -1:] if use_cache else tgt, memory, src_pad_mask, cache)
+        next_ids = model.logits(hidden[:, -1]).argmax(dim=-1)  # (b,) for the b live rows
         tgt = torch.cat([tgt, next_ids[:, None]], dim=1)  # (b, step + 2)
         done = next_ids.eq(eos) | (limits <= step + 1)  # (b,)
         if not done.any():
@@ -80,8 +80,8 @@ def beam_search(
     finished: list[list[tuple[float, list[int]]]] = [[] for _ in range(B)]
     done = [False] * B
     for step in range(int(limits.max())):
-        log_probs = model.decode(tokens[:, -1:], memory, src_pad_mask, cache)[:, -1].float()
-        log_probs = log_probs.log_softmax(dim=-1)  # (B*K, V)
+        hidden = model.decode(tokens[:, -1:], memory, src_pad_mask, cache)[:, -1]  # (B*K, D)
+        log_probs = model.logits(hidden).float().log_softmax(dim=-1)  # (B*K, V)
         V = log_probs.shape[-1]
         candidates = (scores.view(B * K, 1) + log_probs).view(B, K * V)
         top_scores, top_index = candidates.topk(2 * K, dim=1)  # (B, 2K): enough to refill K
@@ -131,9 +131,5 @@ def _extend(b: int, ranked, tokens: Tensor, finished: list, new: tuple, *, lengt
 
 
 def _strip(ids: list[int], eos: int, pad: int) -> list[int]:
-    out = []
-    for token in ids:
-        if token in (eos, pad):
-            break
-        out.append(token)
-    return out
+    """The ids before the first EOS or padding."""
+    return ids[:next((i for i, token in enumerate(ids) if token in (eos, pad)), len(ids))]

@@ -54,7 +54,6 @@ def training_flops(cfg: ModelConfig, src_vocab: int, tgt_vocab: int, src_tokens:
     return 3 * sum(c.src_flops * src_tokens + c.tgt_flops * tgt_tokens for c in parts)
 
 
-
 HEAD_COUNTS = (1, 2, 4, 8, 16, 32)  # the head counts `mha info` compares (those dividing d_model)
 
 

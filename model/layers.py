@@ -83,20 +83,11 @@ class EncoderLayer(nn.Module):
         self.attn_block = Residual(cfg.d_model, cfg.dropout, pre)
         self.ff_block = Residual(cfg.d_model, cfg.dropout, pre)
 
-    def forward(
-        self, x: Tensor, src_pad_mask: Tensor | None, need_weights: bool = False,
-    ) -> tuple[Tensor, Tensor | None]:
-        """x (B, S, D), src_pad_mask (B, S) True at padding -> (B, S, D), and with need_weights
-        the self-attention weights (B, H, S, S)."""
-        weights = {}
-
-        def self_attention(h: Tensor) -> Tensor:
-            out, weights["self"] = self.self_attn(
-                h, h, h, key_padding_mask=src_pad_mask, need_weights=need_weights)
-            return out
-
-        x = self.attn_block(x, self_attention)
-        return self.ff_block(x, self.feed_forward), weights["self"]
+    def forward(self, x: Tensor, src_pad_mask: Tensor | None) -> Tensor:
+        """x (B, S, D), src_pad_mask (B, S) True at padding -> (B, S, D)."""
+        x = self.attn_block(x, lambda h: self.self_attn(
+            h, h, h, key_padding_mask=src_pad_mask)[0])
+        return self.ff_block(x, self.feed_forward)
 
 
 class DecoderLayer(nn.Module):
@@ -113,30 +104,18 @@ class DecoderLayer(nn.Module):
         self.ff_block = Residual(cfg.d_model, cfg.dropout, pre)
 
     def forward(
-        self, x: Tensor, memory: Tensor | None, src_pad_mask: Tensor | None,
-        cache: tuple[KVCache, KVCache] | None = None, need_weights: bool = False,
-    ) -> tuple[Tensor, tuple[Tensor, Tensor] | None]:
+        self, x: Tensor, memory: Tensor, src_pad_mask: Tensor | None,
+        cache: tuple[KVCache, KVCache] | None = None,
+    ) -> Tensor:
         """x (B, T, D) target states, memory (B, S, D) encoder output -> (B, T, D).
 
         Target padding needs no mask: it only sits after EOS, and the causal mask already keeps
-        every real position from seeing it. Returns (self, cross) weights when need_weights.
+        every real position from seeing it.
         """
         self_cache, cross_cache = cache if cache is not None else (None, None)
-        weights = {}
-
-        def self_attention(h: Tensor) -> Tensor:
-            out, weights["self"] = self.self_attn(
-                h, h, h, causal=True, need_weights=need_weights, cache=self_cache)
-            return out
-
-        def cross_attention(h: Tensor) -> Tensor:
-            # queries from the decoder; keys and values from the encoder output
-            out, weights["cross"] = self.cross_attn(
-                h, memory, memory, key_padding_mask=src_pad_mask, need_weights=need_weights,
-                cache=cross_cache)
-            return out
-
-        x = self.self_block(x, self_attention)
-        x = self.cross_block(x, cross_attention)
-        x = self.ff_block(x, self.feed_forward)
-        return x, (weights["self"], weights["cross"]) if need_weights else None
+        x = self.self_block(x, lambda h: self.self_attn(
+            h, h, h, causal=True, cache=self_cache)[0])
+        # queries from the decoder; keys and values from the encoder output
+        x = self.cross_block(x, lambda h: self.cross_attn(
+            h, memory, memory, key_padding_mask=src_pad_mask, cache=cross_cache)[0])
+        return self.ff_block(x, self.feed_forward)

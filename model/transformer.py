@@ -78,53 +78,40 @@ class Transformer(nn.Module):
         x = embedding(ids) * self.scale + self.positions(ids.shape[1], offset)  # (B, T, D)
         return self.dropout(x)
 
-    def encode(
-        self, src_ids: Tensor, src_pad_mask: Tensor | None, need_weights: bool = False,
-    ) -> Tensor | tuple[Tensor, list[Tensor]]:
-        """src_ids (B, S), src_pad_mask (B, S) True at padding -> memory (B, S, D).
-
-        With need_weights, also returns each layer's self-attention weights (B, H, S, S).
-        """
+    def encode(self, src_ids: Tensor, src_pad_mask: Tensor | None) -> Tensor:
+        """src_ids (B, S), src_pad_mask (B, S) True at padding -> memory (B, S, D)."""
         x = self._embed(self.src_embed, src_ids)
-        weights = []
         for layer in self.encoder:
-            x, layer_weights = layer(x, src_pad_mask, need_weights)
-            weights.append(layer_weights)
-        memory = self.encoder_norm(x)
-        return (memory, weights) if need_weights else memory
+            x = layer(x, src_pad_mask)
+        return self.encoder_norm(x)
 
     def decode(
         self, tgt_in: Tensor, memory: Tensor, src_pad_mask: Tensor | None,
-        cache: DecoderCache | None = None, need_weights: bool = False,
-        predict: Tensor | None = None,
-    ) -> Tensor | tuple[Tensor, list[tuple[Tensor, Tensor]]]:
-        """tgt_in (B, T) -> logits (B, T, V), or (N, V) for the N positions where
-        predict (B, T) is True.
+        cache: DecoderCache | None = None,
+    ) -> Tensor:
+        """tgt_in (B, T), memory (B, S, D) -> the decoder's output states (B, T, D); `logits`
+        turns them into next-token scores.
 
         With a cache, tgt_in holds only the new steps; earlier steps' keys and values come from
-        the cache. With need_weights, also returns per layer
-        (self (B, H, T, T'), cross (B, H, T, S)).
+        the cache.
         """
         offset = cache.length if cache is not None else 0
         x = self._embed(self.tgt_embed, tgt_in, offset)
-        weights = []
         for i, layer in enumerate(self.decoder):
-            layer_cache = cache.layers[i] if cache is not None else None
-            x, layer_weights = layer(x, memory, src_pad_mask, layer_cache, need_weights)
-            weights.append(layer_weights)
+            x = layer(x, memory, src_pad_mask, cache.layers[i] if cache is not None else None)
         if cache is not None:
             cache.length += tgt_in.shape[1]
-        if predict is not None:
-            x = x[predict]  # (N, D): only the positions whose logits are wanted
-        logits = self.output(self.decoder_norm(x))  # (B, T, V) or (N, V)
-        return (logits, weights) if need_weights else logits
+        return self.decoder_norm(x)
 
-    def forward(self, src_ids: Tensor, tgt_in: Tensor, predict: Tensor | None = None) -> Tensor:
-        """Teacher-forced logits (B, T, V) for src_ids (B, S) and tgt_in (B, T); with predict (B, T)
-        bool, only the (N, V) logits of the N positions where it is True."""
+    def logits(self, hidden: Tensor) -> Tensor:
+        """Decoder states (..., D) -> next-token logits (..., V): the output layer."""
+        return self.output(hidden)
+
+    def forward(self, src_ids: Tensor, tgt_in: Tensor) -> Tensor:
+        """Teacher-forced logits (B, T, V) for src_ids (B, S) and tgt_in (B, T)."""
         src_pad_mask = padding_mask(src_ids, self.pad_id)
         memory = self.encode(src_ids, src_pad_mask)
-        return self.decode(tgt_in, memory, src_pad_mask, predict=predict)
+        return self.logits(self.decode(tgt_in, memory, src_pad_mask))
 
     def new_cache(self) -> DecoderCache:
         return DecoderCache(len(self.decoder))

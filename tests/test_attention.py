@@ -5,7 +5,8 @@ import torch
 from torch import nn
 
 from mha.model import MultiHeadAttention
-from mha.model.attention import KVCache
+from mha.model.attention import AttentionRecorder, KVCache
+from mha.model.fused import FusedAttention, fuse_projections
 
 D = 32
 
@@ -93,21 +94,34 @@ def test_heads_that_do_not_divide_d_model_are_refused():
         MultiHeadAttention(30, 4)
 
 
-def test_decoding_sees_every_change_to_the_weights():
-    # without autograd the stacked W_Q, W_K, W_V are kept between calls: an optimiser step or a
-    # loaded state must still reach them
+def test_fused_projections_equal_the_readable_path():
+    # decoding's FusedAttention (W_Q, W_K, W_V as one matmul) against MultiHeadAttention
     torch.manual_seed(0)
     ours = MultiHeadAttention(D, 4).eval()
+    self_fused, cross_fused = FusedAttention(ours, True), FusedAttention(ours, False)
     x, memory = torch.randn(2, 5, D), torch.randn(2, 6, D)
     with torch.no_grad():
-        ours(x, x, x), ours(x, memory, memory)  # fill the stacks
-    optimiser = torch.optim.SGD(ours.parameters(), lr=0.5)
-    ours(x, x, x)[0].sum().backward()
-    optimiser.step()
-    ours.load_state_dict({**ours.state_dict(), "w_v.bias": torch.randn(D)})
-    for query, key in [(x, x), (x, memory)]:
-        with torch.no_grad():
-            out, _ = ours(query, key, key, causal=key is query)
-        expected, _ = reference_for(ours, 4)(query, key, key, attn_mask=(
-            torch.ones(5, 5, dtype=torch.bool).triu(1) if key is query else None))
-        torch.testing.assert_close(out, expected, atol=1e-4, rtol=1e-4)
+        for fused, key, causal in [(self_fused, x, True), (cross_fused, memory, False)]:
+            expected, _ = ours(x, key, key, causal=causal)
+            torch.testing.assert_close(fused(x, key, key, causal=causal)[0], expected)
+            caches = KVCache(static=not causal), KVCache(static=not causal)
+            steps = [[attn(x[:, t:t + 1], x[:, t:t + 1] if causal else key,
+                           x[:, t:t + 1] if causal else key, causal=causal, cache=cache)[0]
+                      for t in range(5)] for attn, cache in zip((ours, fused), caches)]
+            torch.testing.assert_close(torch.cat(steps[1], 1), torch.cat(steps[0], 1))
+    assert fuse_projections(nn.ModuleDict({"self_attn": ours}))["self_attn"].weight.shape == (
+        3 * D, D)
+
+
+def test_the_recorder_collects_every_modules_weights_and_changes_no_output():
+    torch.manual_seed(0)
+    model = nn.ModuleDict({"a": MultiHeadAttention(D, 4), "b": MultiHeadAttention(D, 2)}).eval()
+    x = torch.randn(2, 5, D)
+    with AttentionRecorder(model) as weights:
+        out = model["a"](x, x, x, causal=True)[0]
+        model["b"](x, x, x)
+    assert {name: w.shape for name, w in weights.items()} == {
+        "a": (2, 4, 5, 5), "b": (2, 2, 5, 5)}
+    torch.testing.assert_close(out, model["a"](x, x, x, causal=True)[0])
+    model["a"](x, x, x)  # outside `with`, nothing is recorded
+    assert weights["a"][0, 0, 0, 1:].eq(0).all()

@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from mha.cli.app import app
 from mha.inference import checkpoint
 from mha.inference.checkpoint import CheckpointError
-from mha.training.state import averaged_snapshots
+from mha.training.keeping import averaged_snapshots
 
 TINY = ["data.vocab_size=200", "model.d_model=32", "model.heads=2", "model.d_ff=64",
         "train.batch_tokens=400", "train.warmup_steps=2", "train.max_steps=4",
@@ -120,6 +120,8 @@ def test_the_run_and_every_eval_record_where_they_come_from(trained, small_corpu
     resumed = invoke(*train_args(run, small_corpus, "train.max_steps=6"), "--resume")
     assert resumed.exit_code == 0, resumed.output
     assert [e["step"] for e in json.loads((run / "provenance.json").read_text())] == [0, 4]
+    kept = sorted(path.name for path in (run / "checkpoints").glob("weights_*.pt"))
+    assert kept == ["weights_4.pt", "weights_6.pt"]  # average_last 2: the snapshot of 2 is gone
     result = invoke("eval", run, "--json")
     assert result.exit_code == 0, result.output
     printed = json.loads(result.stdout)

@@ -9,27 +9,23 @@ import statistics
 from pathlib import Path
 
 import pytest
-import test_translate
-from test_translate import assert_user_error, invoke
+from helpers import assert_user_error, invoke, make_tiny_run
 
 from mha.data.tokenizer import Tokenizer
 from mha.model.info import parameter_count
 from mha.training.compare import read_run
 from mha.training.monitor import read_metrics
 
-_one_thread = test_translate._one_thread  # one torch thread: the machine's cores are shared
+pytestmark = pytest.mark.usefixtures("_one_thread")  # one torch thread: the cores are shared
 
-TRAIN = ["data.vocab_size=200", "train.max_steps=12", "train.warmup_steps=4",
-         "train.eval_every=4", "train.log_every=2", "decode.max_len_a=0.5", "decode.max_len_b=4"]
+TRAIN = ["train.max_steps=12", "train.warmup_steps=4", "train.eval_every=4", "train.log_every=2",
+         "decode.max_len_a=0.5", "decode.max_len_b=4"]
 
 
 @pytest.fixture(scope="module")
 def trained(small_corpus: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny run made by `mha train` (validated at steps 4, 8, 12), scored by `mha eval`."""
-    run = tmp_path_factory.mktemp("compare") / "h2"
-    overrides = [f"run_dir={run}", f"data.corpus={small_corpus}", *TRAIN]
-    result = invoke("train", "tiny", *[arg for o in overrides for arg in ("--set", o)])
-    assert result.exit_code == 0, result.output
+    """A tiny run (validated at steps 4, 8, 12), scored by `mha eval`."""
+    run = make_tiny_run(tmp_path_factory.mktemp("compare") / "h2", small_corpus, *TRAIN)
     assert invoke("eval", run).exit_code == 0
     return run
 

@@ -1,5 +1,6 @@
-"""Every numeric key's range (configs/checks.py RANGES): just outside it a ConfigError names the
-key; at each end a tiny model built from the config trains a step and decodes."""
+"""Every numeric key's range (its Field constraint in configs/schema.py, read into RANGES by
+configs/checks.py): just outside it a ConfigError names the key; at each end a tiny model built
+from the config trains a step and decodes."""
 
 from __future__ import annotations
 
@@ -10,11 +11,11 @@ import typing
 import pytest
 import torch
 
-from mha.configs.checks import RANGES, Range, value
+from mha.configs.checks import RANGES, Range
 from mha.configs.schema import Config, ConfigError, load_config
 from mha.data.batching import TokenBatches, collate
 from mha.data.tokenizer import Tokenizer
-from mha.inference.translate import decode_ids
+from mha.inference.translate import MhaEngine
 from mha.model.transformer import Transformer
 from mha.training.ema import EMA
 from mha.training.loss import summed_loss
@@ -51,6 +52,12 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+def value(cfg: Config, key: str) -> object:
+    """cfg's value at a dotted key: value(cfg, "model.heads") is cfg.model.heads."""
+    section, name = key.split(".")
+    return getattr(getattr(cfg, section), name)
 
 
 def number(key: str, x: float) -> str:
@@ -158,8 +165,8 @@ def decode_longest(model: Transformer, cfg: Config) -> None:
     sources = [[5] * cfg.data.max_len + [Tokenizer.EOS], [4, Tokenizer.EOS]]
     for beam in sorted({1, cfg.decode.beam}):
         for start in range(0, len(sources), cfg.decode.batch_size):
-            outputs = decode_ids(model, sources[start:start + cfg.decode.batch_size], beam=beam,
-                                 use_cache=True, decode_cfg=cfg.decode)
+            outputs = MhaEngine(model, None, cfg.decode).decode_ids(
+                sources[start:start + cfg.decode.batch_size], beam=beam)
             assert all(len(ids) <= cfg.model.max_tokens for ids in outputs)
 
 

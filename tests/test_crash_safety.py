@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_train import losses, tiny, write_config
+from helpers import losses, tiny, write_config
 from typer.testing import CliRunner
 
 from mha.cli.app import app

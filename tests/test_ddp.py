@@ -4,60 +4,11 @@ instead of waiting for gloo's 30-minute timeout."""
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import signal
-import subprocess
-import sys
-import time
-from pathlib import Path
 
-import pytest
 import torch
-from test_train import losses, tiny, write_config
-
-WORKER = Path(__file__).parent / "ddp_worker.py"
-
-
-def torchrun(config: Path, out: Path, *args: str) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-         str(WORKER), str(config), str(out), *args],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        env={**os.environ, "OMP_NUM_THREADS": "1"})
-
-
-def kill_all(process: subprocess.Popen) -> None:
-    """SIGKILL torchrun and its workers (which run in sessions of their own)."""
-    def descendants(pid: int) -> list[int]:
-        try:
-            children = [int(child) for task in Path(f"/proc/{pid}/task").iterdir()
-                        for child in (task / "children").read_text().split()]
-        except OSError:  # it has exited meanwhile
-            return []
-        return children + [d for child in children for d in descendants(child)]
-
-    for pid in [*descendants(process.pid), process.pid]:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-
-
-def finish(process: subprocess.Popen, timeout: float = 60) -> str:
-    """stderr once torchrun exits; a hang kills torchrun and its workers, and fails."""
-    try:
-        return process.communicate(timeout=timeout)[1]
-    except subprocess.TimeoutExpired:
-        kill_all(process)
-        stderr = process.communicate()[1]
-        pytest.fail(f"torchrun still running after {timeout} s (a hang): {stderr[-3000:]}")
-
-
-def completed(config: Path, out: Path, *args: str) -> str:
-    process = torchrun(config, out, *args)
-    stderr = finish(process)
-    assert process.returncode == 0, stderr[-3000:]
-    return stderr
+from helpers import completed, finish, losses, tiny, torchrun, wait_for_step, write_config
 
 
 def test_ranks_agree_on_the_time_budget(tmp_path, small_corpus):
@@ -84,17 +35,6 @@ def test_ranks_take_rank_0s_plan_for_the_linear_decay(tmp_path, small_corpus):
     weights0, weights1 = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
     for name, tensor in weights0.items():
         assert torch.equal(tensor, weights1[name]), name
-
-
-def wait_for_step(run: Path, step: int, process: subprocess.Popen) -> None:
-    """Until metrics.jsonl shows `step` (a condition, not a timing), or the process died."""
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and process.poll() is None:
-        if (run / "metrics.jsonl").is_file() and len(losses(run)) >= step:
-            return
-        time.sleep(0.05)
-    kill_all(process)
-    pytest.fail(f"training never reached step {step}: {process.communicate()[1][-3000:]}")
 
 
 def test_sigint_and_resume_equal_an_uninterrupted_two_process_run(tmp_path, small_corpus):

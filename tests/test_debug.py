@@ -6,14 +6,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import test_translate
 from typer.testing import CliRunner
 
 from mha.cli.app import app
 
-# the translate tests' fixtures: one tiny run per session, copies, one torch thread
-tiny_run, run_copy = test_translate.tiny_run, test_translate.run_copy
-_one_thread = test_translate._one_thread
+pytestmark = pytest.mark.usefixtures("_one_thread")  # one torch thread: the cores are shared
 
 CAUSE = "The above exception was the direct cause of the following exception"
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_train import losses, tiny
+from helpers import losses, tiny
 
 from mha.configs.schema import ModelConfig
 from mha.inference.checkpoint import CheckpointError

@@ -5,15 +5,13 @@ from __future__ import annotations
 import json
 import shutil
 
+import pytest
 import sacrebleu
-import test_translate
-from test_translate import assert_user_error, invoke
+from helpers import assert_user_error, invoke
 
 from mha.inference.evaluate import score
 
-# the translate tests' fixtures: one tiny run per session, copies, one torch thread
-tiny_run, run_copy = test_translate.tiny_run, test_translate.run_copy
-_one_thread = test_translate._one_thread
+pytestmark = pytest.mark.usefixtures("_one_thread")  # one torch thread: the cores are shared
 
 SOURCES = ["Ein Mann fährt Fahrrad.", "Zwei Hunde spielen im Schnee.", "Ein Kind lacht."]
 REFERENCES = ["A man rides a bike.", "Two dogs play in the snow.", "A child laughs."]

@@ -6,17 +6,15 @@ import json
 import logging
 import re
 
-import test_translate
+import pytest
 import torch
-from test_translate import SENTENCES, assert_user_error, invoke
+from helpers import SENTENCES, assert_user_error, invoke
 
 from mha.configs.schema import load_config
 from mha.inference.explore import MAX_SENTENCES, collect, page_html
 from mha.model.transformer import Transformer
 
-# the translate tests' fixtures: one tiny trained run per session, loaded; one torch thread
-tiny_run, loaded = test_translate.tiny_run, test_translate.loaded
-_one_thread = test_translate._one_thread
+pytestmark = pytest.mark.usefixtures("_one_thread")  # one torch thread: the cores are shared
 
 # 20 words; at the tiny run's 200-piece vocabulary they make 35 pieces, more than the preset's
 # 6000 pieces would

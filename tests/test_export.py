@@ -16,18 +16,15 @@ import sys
 from pathlib import Path
 
 import pytest
-import test_translate
 import torch
-from test_translate import SENTENCES, assert_user_error, invoke, make_tiny_run, one_thread
+from helpers import SENTENCES, assert_user_error, invoke, make_tiny_run
 
 from mha.inference.ct2 import CTranslate2Engine, compare_greedy, top2_margin
 from mha.inference.export import QUANTIZATIONS, export
 from mha.inference.run import load_model
-from mha.inference.translate import encode_sources, translate_lines
+from mha.inference.translate import MhaEngine, encode_sources, translate_chunk, translate_lines
 
-# the translate tests' fixtures: one tiny run per session, copies, one torch thread
-tiny_run, run_copy, loaded = test_translate.tiny_run, test_translate.run_copy, test_translate.loaded
-_one_thread = test_translate._one_thread
+pytestmark = pytest.mark.usefixtures("_one_thread")  # one torch thread: the cores are shared
 
 VARIANT = ["model.norm=post", "model.activation=gelu", "model.positional=learned",
            "data.joint_vocab=false", "model.tie_embeddings=false"]
@@ -40,9 +37,7 @@ def ct2():
 
 @pytest.fixture(scope="module")
 def variant_run(small_corpus: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    with one_thread():
-        return make_tiny_run(tmp_path_factory.mktemp("variant_run"), small_corpus,
-                             overrides=VARIANT)
+    return make_tiny_run(tmp_path_factory.mktemp("variant_run"), small_corpus, *VARIANT)
 
 
 @pytest.fixture(scope="module")
@@ -96,8 +91,8 @@ def test_top2_margin_is_the_gap_between_mha_best_two_logits_where_outputs_part(l
 def test_engine_commands_translate_and_score_like_mha(ct2, run_copy, loaded, small_corpus):
     assert invoke("export", run_copy, "--to", "ctranslate2").exit_code == 0
     lines = [SENTENCES[0], "", SENTENCES[1], SENTENCES[2]]
-    ours = list(translate_lines(*loaded[:2], lines, batch_size=2, beam=1, use_cache=True,
-                                decode_cfg=loaded[2].decode))
+    ours = list(translate_lines(MhaEngine(*loaded[:2], loaded[2].decode), lines, batch_size=2,
+                                beam=1))
     result = invoke("translate", run_copy, "--engine", "ctranslate2", "--batch-size", "2", *lines)
     assert result.exit_code == 0, result.output
     assert result.stdout.splitlines() == ours and ours[1] == ""
@@ -118,8 +113,8 @@ def test_engine_commands_translate_and_score_like_mha(ct2, run_copy, loaded, sma
 def test_int8_export_is_smaller_and_translates(ct2, tiny_run, exported, tmp_path):
     folder = export(tiny_run, output=tmp_path / "int8", quantization="int8")
     assert (folder / "model.bin").stat().st_size < 0.6 * (exported / "model.bin").stat().st_size
-    out = list(CTranslate2Engine(folder, threads=1).translate_lines(SENTENCES, batch_size=4,
-                                                                    beam=1))
+    out = list(translate_lines(CTranslate2Engine(folder, threads=1), SENTENCES, batch_size=4,
+                               beam=1))
     assert len(out) == 3 and all(out)
 
 
@@ -130,7 +125,7 @@ def test_readme_script_translates_like_the_engine(ct2, exported):
                           input="\n".join(SENTENCES) + "\n", capture_output=True, timeout=120)
     assert done.returncode == 0, done.stderr
     engine = CTranslate2Engine(exported, threads=1)
-    alone = [engine.translate_chunk([line], batch_size=1, beam=1)[0] for line in SENTENCES]
+    alone = [translate_chunk(engine, [line], batch_size=1, beam=1)[0] for line in SENTENCES]
     assert done.stdout.splitlines() == alone
 
 

@@ -10,7 +10,7 @@ import torch
 
 from mha.inference import checkpoint
 from mha.inference.run import load_model
-from mha.inference.translate import translate_lines
+from mha.inference.translate import MhaEngine, translate_lines
 from mha.training.state import set_rng_state
 
 FIXTURE = Path(__file__).parent / "fixtures" / "run_before_layout"
@@ -35,8 +35,8 @@ def test_old_checkpoint_gives_the_same_logits(old_run):
 def test_old_checkpoint_translates_the_same(old_run, beam: int, expected: str):
     model, tokenizer, cfg = old_run
     sources = (FIXTURE / "src.txt").read_text(encoding="utf-8").splitlines()
-    outputs = list(translate_lines(model, tokenizer, sources, batch_size=2, beam=beam,
-                                   use_cache=True, decode_cfg=cfg.decode))
+    outputs = list(translate_lines(MhaEngine(model, tokenizer, cfg.decode), sources,
+                                   batch_size=2, beam=beam))
     assert outputs == (FIXTURE / expected).read_text(encoding="utf-8").splitlines()
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_train import tiny
+from helpers import tiny
 
 from mha.configs.schema import load_config, presets
 from mha.data.batching import TokenBatches, collate

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 import torch
-from test_train import TINY, losses
+from helpers import TINY, losses
 
 from mha.configs.schema import load_config, parse_duration
 from mha.inference import checkpoint

@@ -8,38 +8,20 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
+from helpers import losses, tiny, wait_for_step, write_config
 from typer.testing import CliRunner
 
 from mha.cli.app import app
-from mha.configs.schema import dump, load_config
+from mha.configs.schema import load_config
 from mha.inference import checkpoint
 from mha.training import loop as train_module
 from mha.training.loop import TrainingError, train
 from mha.training.monitor import read_metrics
 from mha.training.schedule import inverse_sqrt
-
-TINY = ["data.vocab_size=200", "model.d_model=32", "model.heads=2", "model.d_ff=64",
-        "train.batch_tokens=400", "train.warmup_steps=4", "train.eval_every=100",
-        "train.log_every=1", "decode.max_len_a=0.5", "decode.max_len_b=4", "decode.batch_size=100"]
-
-
-def tiny(run_dir: Path, corpus: Path, *overrides: str):
-    return load_config("tiny", [f"run_dir={run_dir}", f"data.corpus={corpus}", *TINY, *overrides])
-
-
-def losses(run_dir: Path) -> dict[int, float]:
-    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
-    return {r["step"]: r["loss"] for r in map(json.loads, lines) if "loss" in r}
-
-
-def write_config(cfg, path: Path) -> Path:
-    path.write_text(dump(cfg))
-    return path
 
 
 def test_schedule_warms_up_linearly_then_decays_as_inverse_sqrt():
@@ -161,17 +143,6 @@ def start_training(config: Path, env: dict | None = None, **popen) -> subprocess
                             env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}, **popen)
 
 
-def wait_for_step(run: Path, step: int, process: subprocess.Popen) -> None:
-    """Until metrics.jsonl shows `step` (a condition, not a timing), or the process died."""
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and process.poll() is None:
-        metrics = run / "metrics.jsonl"
-        if metrics.is_file() and len(losses(run)) >= step:
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"training never reached step {step}: {process.communicate()[1][-2000:]}")
-
-
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_signal_saves_and_resume_continues_exactly(tmp_path, small_corpus, signum):
     run = tmp_path / "run"
@@ -179,7 +150,7 @@ def test_signal_saves_and_resume_continues_exactly(tmp_path, small_corpus, signu
     # a job started in the background inherits SIGINT as ignored: the handler must still work
     ignore_sigint = lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)
     process = start_training(config, preexec_fn=ignore_sigint)
-    wait_for_step(run, 3, process)
+    wait_for_step(run, 3, process, timeout=120)
     process.send_signal(signum)
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == 128 + signum, stderr[-2000:]

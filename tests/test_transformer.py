@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from mha.configs.schema import ModelConfig
-from mha.model import Transformer
+from mha.model import AttentionRecorder, Transformer
 from mha.model.decode import beam_search, greedy
 from mha.model.info import parameter_count
-from mha.training.loss import summed_loss
+from mha.training.loss import RealTokenLogits, summed_loss
 
 PAD, BOS, EOS, V = 0, 2, 3, 40
 CFG = ModelConfig(d_model=32, heads=4, encoder_layers=2, decoder_layers=2, d_ff=64, dropout=0.0)
@@ -68,14 +68,14 @@ def test_weights_on_request_cover_every_layer_and_change_no_output():
     model = make()
     src, tgt = random_ids(2, 7), random_ids(2, 5, seed=1)
     src[1, 4:] = PAD
-    src_pad = src.eq(PAD)
-    memory, encoder = model.encode(src, src_pad, need_weights=True)
-    torch.testing.assert_close(memory, model.encode(src, src_pad), atol=1e-5, rtol=1e-5)
+    with AttentionRecorder(model) as weights:
+        logits = model(src, tgt)
+    torch.testing.assert_close(logits, model(src, tgt), atol=1e-5, rtol=1e-5)
+    encoder = [weights[f"encoder.{i}.self_attn"] for i in range(2)]
     assert [tuple(w.shape) for w in encoder] == [(2, 4, 7, 7)] * 2  # (B, H, S, S) per layer
     assert all(w[1, :, :, 4:].eq(0).all() for w in encoder)  # padding gets no weight
-    logits, decoder = model.decode(tgt, memory, src_pad, need_weights=True)
-    torch.testing.assert_close(logits, model.decode(tgt, memory, src_pad), atol=1e-5, rtol=1e-5)
-    shapes = [(tuple(self_w.shape), tuple(cross_w.shape)) for self_w, cross_w in decoder]
+    shapes = [(tuple(weights[f"decoder.{i}.self_attn"].shape),
+               tuple(weights[f"decoder.{i}.cross_attn"].shape)) for i in range(2)]
     assert shapes == [((2, 4, 5, 5), (2, 4, 5, 7))] * 2
 
 
@@ -91,7 +91,8 @@ def test_beam_search_shows_every_steps_live_prefixes_with_their_log_probabilitie
         live = scores.isfinite().view(-1)
         src_pad = src.eq(PAD).repeat_interleave(3, dim=0)[live]  # (N, S) for the N live rows
         memory = model.encode(src, src.eq(PAD)).repeat_interleave(3, dim=0)[live]
-        log_probs = model.decode(tokens[live, :-1], memory, src_pad)  # (N, step + 1, V)
+        hidden = model.decode(tokens[live, :-1], memory, src_pad)  # (N, step + 1, D)
+        log_probs = model.logits(hidden)  # (N, step + 1, V)
         summed = log_probs.log_softmax(-1).gather(-1, tokens[live, 1:, None]).sum((1, 2))
         torch.testing.assert_close(summed, scores.view(-1)[live], atol=1e-4, rtol=0)
 
@@ -144,7 +145,10 @@ class LastTokenModel:
         return SimpleNamespace(reorder=lambda index: None)
 
     def decode(self, tgt_in, memory, src_pad_mask, cache):
-        return self.log_probs[tgt_in[:, -1]][:, None]  # (B, 1, V)
+        return self.log_probs[tgt_in[:, -1]][:, None]  # (B, 1, V): its "states" are the scores
+
+    def logits(self, hidden):
+        return hidden
 
 
 def test_beam_search_ranks_endings_with_the_length_penalty():
@@ -206,4 +210,4 @@ def test_loss_over_real_tokens_only_equals_cross_entropy_over_all_logits():
         reduction="sum", label_smoothing=0.1)
     torch.testing.assert_close(loss, reference)
     predict = tgt[:, 1:].ne(PAD)
-    assert model(src, tgt[:, :-1], predict=predict).shape == (int(predict.sum()), V)
+    assert RealTokenLogits(model)(src, tgt[:, :-1], predict).shape == (int(predict.sum()), V)

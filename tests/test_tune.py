@@ -7,17 +7,15 @@ import json
 import re
 
 import pytest
-import test_translate
 import yaml
-from test_translate import assert_user_error, invoke
+from helpers import assert_user_error, invoke
 
 from mha.configs.schema import ConfigError
 from mha.inference import evaluate
 from mha.inference.run import load_model
 from mha.inference.tune import Trial, best, choose, format_table, parse_grid
 
-tiny_run, run_copy = test_translate.tiny_run, test_translate.run_copy
-_one_thread = test_translate._one_thread
+pytestmark = pytest.mark.usefixtures("_one_thread")  # one torch thread: the cores are shared
 
 
 def table_cells(table: str) -> dict[tuple[int, float], str]:

@@ -6,14 +6,11 @@ from __future__ import annotations
 import logging
 
 import pytest
-import test_translate
-from test_translate import invoke
+from helpers import invoke
 
 from mha.data.tokenizer import Tokenizer
 
-# the translate tests' fixtures: one tiny run per session, copies, one torch thread
-tiny_run, loaded = test_translate.tiny_run, test_translate.loaded
-_one_thread = test_translate._one_thread
+pytestmark = pytest.mark.usefixtures("_one_thread")  # one torch thread: the cores are shared
 
 # an emoji twice, two CJK characters, and two combining accents: the first composes with its "u"
 # into "ü" (NFKC, which SentencePiece applies), a known character; the second has no composed

@@ -119,7 +119,7 @@ def common_step(runs: list[Run]) -> int | None:
     return max(steps, default=None)
 
 
-def format_table(runs: list[Run]) -> str:
+def runs_table(runs: list[Run]) -> str:
     """The runs as an aligned text table, one row each."""
     common = common_step(runs)
     header = [c.format(step=common if common is not None else "-") for c in COLUMNS]
@@ -157,7 +157,7 @@ def compare(folders: list[Path], output: Path) -> str:
     if not output.parent.is_dir():
         raise DataError(f"cannot write {output}: folder {output.parent} does not exist")
     runs = [read_run(folder) for folder in folders]
-    table = format_table(runs)
+    table = runs_table(runs)
     buffer = io.BytesIO()
     draw(runs).savefig(buffer, format="png", dpi=100)
     if output.suffix == ".png":

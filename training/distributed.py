@@ -9,6 +9,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
+from mha.inference.run import pick_device
+
 
 class Distributed:
     """The process group, if torchrun started several processes; rank 0 alone writes files."""
@@ -22,7 +24,7 @@ class Distributed:
         world_size = int(os.environ.get("WORLD_SIZE", "1"))
         if world_size == 1:
             return cls()
-        use_cuda = torch.cuda.is_available() and device_name != "cpu"
+        use_cuda = pick_device(device_name).type == "cuda"
         dist.init_process_group("nccl" if use_cuda else "gloo")
         device = torch.device("cpu")
         if use_cuda:
@@ -44,7 +46,7 @@ class Distributed:
         """Skip the gradient all-reduce on all but the last micro-batch of an update."""
         return net.no_sync() if self.world_size > 1 else contextlib.nullcontext()
 
-    def agree(self, sums: Tensor, elapsed: float) -> tuple[Tensor, float]:
+    def sum_and_latest_clock(self, sums: Tensor, elapsed: float) -> tuple[Tensor, float]:
         """Sum `sums` (1-D) over processes and take the largest `elapsed`, in one all-reduce.
 
         Each process puts its clock in its own slot of the vector, so the summed vector holds
@@ -61,7 +63,7 @@ class Distributed:
         return packed[:n], packed[n:].max().item()
 
     def broadcast(self, *values: float) -> tuple[float, ...]:
-        """Rank 0's values, on every process."""
+        """Rank 0's values, on every process (as float64: exact for integers up to 2**53)."""
         if self.world_size == 1:
             return values
         packed = torch.tensor(values, dtype=torch.float64, device=self.device)
@@ -75,14 +77,6 @@ class Distributed:
         gathered = [None] * self.world_size if self.is_main else None
         dist.gather_object(value, gathered, dst=0)
         return gathered or []
-
-    def broadcast_int(self, value: int) -> int:
-        """Rank 0's value, on every rank."""
-        if self.world_size == 1:
-            return value
-        tensor = torch.tensor([value], dtype=torch.long, device=self.device)
-        dist.broadcast(tensor, src=0)
-        return int(tensor.item())
 
     def barrier(self) -> None:
         if self.world_size > 1:

@@ -14,12 +14,10 @@ and a resumed run restores it from last.pt, so resume stays exact.
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
 
 import torch
 
 from mha.model.transformer import Transformer
-from mha.training.validate import Validation
 
 
 class EMA:
@@ -57,20 +55,3 @@ class EMA:
         self.model.load_state_dict(state["weights"])
         self.updates = state["updates"]
 
-
-def validate_scored(
-    ema: EMA | None, model: Transformer, run: Callable[[Transformer], Validation],
-) -> tuple[Validation, dict, dict]:
-    """Validate the weights that count (the average when on) and the raw ones beside them.
-
-    Returns the counted Validation; the metrics to log (val_loss and val_bleu, plus raw_val_loss
-    and raw_val_bleu with EMA on); and what best.pt stores in place of the raw weights when
-    these score best (with EMA on: the average, marked "weights": "ema").
-    """
-    if ema is None:
-        result = run(model)
-        return result, {"val_loss": result.loss, "val_bleu": result.bleu}, {}
-    result, raw = run(ema.model), run(model)
-    scores = {"val_loss": result.loss, "val_bleu": result.bleu,
-              "raw_val_loss": raw.loss, "raw_val_bleu": raw.bleu}
-    return result, scores, {"model": ema.model.state_dict(), "weights": "ema"}

@@ -1,5 +1,7 @@
-"""Training: token batches, label-smoothed loss, Adam with warmup and inverse square root decay,
-validation with greedy BLEU, checkpoints that lose nothing, exact resume, DDP under torchrun."""
+"""Training as a recipe: set up by concern (device, data, model and optimiser, resume, precision,
+monitoring), then repeat updates, validating every train.eval_every, until a budget, patience or
+a signal says stop. Checkpoints lose nothing, a resumed run equals an uninterrupted one, and
+under torchrun every rank trains while rank 0 alone writes."""
 
 from __future__ import annotations
 
@@ -22,26 +24,18 @@ from mha.inference.provenance import corpus_record, record_run
 from mha.inference.run import pick_device
 from mha.model.transformer import Transformer
 from mha.training.distributed import Distributed
-from mha.training.ema import EMA, validate_scored
-from mha.training.loss import summed_loss
+from mha.training.ema import EMA
+from mha.training.keeping import Keeper, averaged_snapshots
+from mha.training.loss import RealTokenLogits, summed_loss
 from mha.training.monitor import Monitor
 from mha.training.optimizer import Optimizer
-from mha.training.precision import check_precision, settle
+from mha.training.precision import check_precision, decide_precision
 from mha.training.schedule import lr_factor, plan_decay
 from mha.training.signals import StopSignal
-from mha.training.state import (
-    Progress,
-    Update,
-    averaged_snapshots,
-    keep_snapshot,
-    restore,
-    rng_state,
-    saved_state,
-)
-from mha.training.validate import validate
+from mha.training.state import Progress, Update, restore, rng_state, saved_state
+from mha.training.validate import validate, validate_scored
 
 log = logging.getLogger(__name__)
-TRAINING_FILES = ("config.yaml", "metrics.jsonl", "curves.png", "provenance.json")  # in run_dir
 
 
 class TrainingError(Exception):
@@ -71,101 +65,114 @@ def train(cfg: Config, resume: bool = False) -> Trained:
 
 
 class Trainer:
-    """One run: `__init__` sets everything up, `run` repeats `update`, validates, finishes."""
+    """One run: `__init__` sets it up concern by concern, `run` updates, validates, finishes."""
 
     def __init__(self, cfg: Config, resume: bool, dist: Distributed) -> None:
-        self.cfg, self.settings, self.dist, self.resumed = cfg, cfg.train, dist, resume
-        if self.settings.num_threads:
-            torch.set_num_threads(self.settings.num_threads)
-        self.device = dist.device or pick_device(self.settings.device)
-        check_precision(self.settings.precision, self.device)
-        self.run_dir = Path(cfg.run_dir)
-        self.last = self.run_dir / "checkpoints" / "last.pt"
-        saved = saved_state(self.last, cfg, resume)  # refusals come before any write
-        if dist.is_main:  # before anything writes: a killed write's temporary files go
-            checkpoint.remove_leftovers(self.run_dir, TRAINING_FILES)
-            checkpoint.remove_leftovers(self.last.parent)
+        self.cfg, self.settings, self.dist = cfg, cfg.train, dist
+        self.device = self._setup_device()
+        self.keeper = Keeper(Path(cfg.run_dir), self.settings.average_last, self._state)
+        saved = saved_state(self.keeper.last, cfg, resume)  # refusals come before any write
+        if dist.is_main:  # before anything writes
+            self.keeper.remove_leftovers()
         prepared = prepare(cfg) if dist.is_main else None  # rank 0 tokenizes when needed
         dist.barrier()
         self.prepared = prepared or load_prepared(cfg.run_dir)
-        self.tokenizer = self.prepared.tokenizer
         self.progress = Progress()  # the schedule reads it; a resumed run replaces it
-        self._build_model()
-        self.progress = (restore(saved, self.model, self.optim, dist.rank, self.ema)
-                         if saved else Progress())
-        if dist.is_main:
-            checkpoint.write(self.run_dir / "config.yaml", lambda f: f.write(dump(cfg).encode()))
-        self.sampler = SubwordSampler.from_config(cfg, self.prepared)
-        self.train_set = self.prepared.splits["train"].select_columns(self.sampler.columns)
-        self.batches = self.sampler.token_batches(self.train_set)
-        self.autocast = settle(self.settings, self.progress, self.model, self.train_set,
-                               self.batches, self.device, dist)  # train.precision auto decides
-        if dist.is_main:
-            record_run(self.run_dir, self.progress.step, self.device,
-                       self.progress.precision or self.settings.precision, corpus_record(cfg.data))
-        self.stream = self.batches.stream(self.progress.epoch, self.progress.position, dist.rank,
-                                          dist.world_size)
-        self.ddp_model = dist.wrap(self.model)
+        self._setup_model()
+        if saved:
+            self.progress = restore(saved, self.model, self.optim, dist.rank, self.ema)
+        self._setup_data()
+        self.autocast = decide_precision(self.settings, self.progress, self.model, self.train_set,
+                                         self.batches, self.device, dist)
+        self.ddp_model = dist.wrap(RealTokenLogits(self.model))  # DDP runs the whole forward
         budget = self.settings.max_time
-        self.max_time = parse_duration(budget) if budget else math.inf
-        self.monitor = (Monitor(self.run_dir, self.progress.step if resume else None,
-                                self.settings, self.max_time) if dist.is_main else None)
+        self.max_time, self.monitor = parse_duration(budget) if budget else math.inf, None
+        if dist.is_main:  # the run's records, once its precision is settled
+            self._record_run()
+            self.monitor = Monitor(self.keeper.run_dir, self.progress.step if resume else None,
+                                   self.settings, self.max_time)
 
-    def _build_model(self) -> None:
+    def _setup_device(self) -> torch.device:
+        if self.settings.num_threads:
+            torch.set_num_threads(self.settings.num_threads)
+        device = self.dist.device or pick_device(self.settings.device)
+        check_precision(self.settings.precision, device)
+        return device
+
+    def _setup_model(self) -> None:
+        """The model (the same weights on every rank), Adam with its schedule, the average."""
         settings = self.settings
         torch.manual_seed(settings.seed)
         random.seed(settings.seed)
-        self.model = Transformer(self.cfg.model, self.tokenizer.src_vocab_size,
-                                 self.tokenizer.tgt_vocab_size).to(self.device)
-        torch.manual_seed(settings.seed + self.dist.rank)  # same weights, a dropout stream each
+        tokenizer = self.prepared.tokenizer
+        self.model = Transformer(self.cfg.model, tokenizer.src_vocab_size,
+                                 tokenizer.tgt_vocab_size).to(self.device)
+        torch.manual_seed(settings.seed + self.dist.rank)  # a dropout stream each
         self.optim = Optimizer(self.model, settings, self.device,
                                lambda step: lr_factor(step, settings, self.progress))
         self.ema = EMA.attach(self.model, self.optim.adam, settings.ema_decay)  # None when 0
 
-    def save(self, path: Path, **extra) -> None:
-        state = {"step": self.progress.step, "config": to_dict(self.cfg),
-                 "tokenizer": self.tokenizer.to_state(), "model": self.model.state_dict(),
-                 **self.optim.state_dict(), "progress": dataclasses.asdict(self.progress),
-                 "rng": self.rng_states, "ema": self.ema.state_dict() if self.ema else None,
-                 **extra}
-        checkpoint.save(state, path)
+    def _setup_data(self) -> None:
+        """The training split as token batches: rank r of W reads batches r, r+W, ... of each
+        epoch, from the run's epoch and position on, so a resumed run reads on exactly."""
+        self.sampler = SubwordSampler.from_config(self.cfg, self.prepared)
+        self.train_set = self.prepared.splits["train"].select_columns(self.sampler.columns)
+        self.batches = self.sampler.token_batches(self.train_set)
+        self.stream = self.batches.stream(self.progress.epoch, self.progress.position,
+                                          self.dist.rank, self.dist.world_size)
+
+    def _record_run(self) -> None:
+        """Rank 0: the resolved config and where the run comes from, beside its checkpoints."""
+        run_dir = self.keeper.run_dir
+        checkpoint.write(run_dir / "config.yaml", lambda f: f.write(dump(self.cfg).encode()))
+        record_run(run_dir, self.progress.step, self.device,
+                   self.progress.precision or self.settings.precision, corpus_record(self.cfg.data))
+
+    def _state(self) -> dict:
+        """What a checkpoint holds; `restore` takes it back."""
+        return {"step": self.progress.step, "config": to_dict(self.cfg),
+                "tokenizer": self.prepared.tokenizer.to_state(), "model": self.model.state_dict(),
+                **self.optim.state_dict(), "progress": dataclasses.asdict(self.progress),
+                "rng": self.rng_states, "ema": self.ema.state_dict() if self.ema else None}
 
     def run(self) -> Trained:
         """Update until a budget, patience or a signal says stop; then validate and save."""
-        settings, progress = self.settings, self.progress
         if self.dist.is_main:
             log.info("%d process(es) on %s; %d parameters; %d training pairs, %d batches an epoch",
                      self.dist.world_size, self.device,
                      sum(p.numel() for p in self.model.parameters()), len(self.train_set),
-                     len(self.batches.epoch(progress.epoch)))
-        self.clock = time.perf_counter()
-        reason, stop = "max_steps", StopSignal()
+                     len(self.batches.epoch(self.progress.epoch)))
+        self.clock, stop = time.perf_counter(), StopSignal()
         with stop:
-            while progress.step < settings.max_steps:
-                update = self.update(stop)
-                self._report(update)
-                if update.stop_requested:
-                    reason = f"signal {stop.name}"
-                    break
-                if progress.step % settings.eval_every == 0 and self._timed_validation():
-                    reason = f"patience ({settings.patience} validations without a better BLEU)"
-                    break
-                if budget_spent := self._budget_spent():
-                    reason = budget_spent
-                    break
+            reason = self._train(stop)
             self.rng_states = self.dist.gather(rng_state())
             if self.dist.is_main:
                 self.finish(reason)
             self.dist.barrier()  # the other ranks wait while rank 0 validates and saves
-            if stop.received is not None:
-                raise SystemExit(128 + stop.received)
-        return Trained(progress, self.model)
+        if stop.received is not None:
+            raise SystemExit(128 + stop.received)
+        return Trained(self.progress, self.model)
+
+    def _train(self, stop: StopSignal) -> str:
+        """The loop: update, report, validate now and then; returns why it stopped."""
+        settings, progress = self.settings, self.progress
+        while progress.step < settings.max_steps:
+            update = self.update(stop)
+            if self.monitor is not None:
+                self.monitor.report(progress, update, self.optim.lr)
+            if update.stop_requested:
+                return f"signal {stop.name}"
+            if progress.step % settings.eval_every == 0 and self._timed_validation():
+                return f"patience ({settings.patience} validations without a better BLEU)"
+            if budget_spent := self._budget_spent():
+                return budget_spent
+        return "max_steps"
 
     def update(self, stop: StopSignal) -> Update:
         """One optimiser update over `train.accumulate` batches (and every process)."""
         settings, device = self.settings, self.device
         self.model.train()
-        loss_sum, tgt_tokens, src_tokens, slots = (torch.zeros((), device=device) for _ in range(4))
+        sums = torch.zeros(5, device=device)  # loss, target and source tokens, slots, stop votes
         for micro in range(settings.accumulate):
             self.progress.epoch, self.progress.position, indices = next(self.stream)
             rows = self.train_set[indices]  # one Arrow take: the corpus stays memory-mapped
@@ -179,17 +186,15 @@ class Trainer:
                     loss = summed_loss(self.ddp_model, src_ids, tgt_in, tgt_out,
                                        settings.label_smoothing)
                 self.optim.backward(loss)
-            loss_sum += loss.detach()
-            tgt_tokens += batch.tgt_tokens
-            src_tokens += batch.src_tokens
-            slots += batch.slots
-        stop_votes = torch.tensor(float(stop.received is not None), device=device)
-        sums, self.progress.elapsed = self.dist.agree(
-            torch.stack([loss_sum, tgt_tokens, src_tokens, slots, stop_votes]), self._tick())
+            sums[0] += loss.detach()
+            sums[1:4] += torch.tensor([batch.tgt_tokens, batch.src_tokens, batch.slots],
+                                      device=device)
+        sums[4] = float(stop.received is not None)
+        sums, self.progress.elapsed = self.dist.sum_and_latest_clock(sums, self._tick())
         loss_sum, tgt_tokens, src_tokens, slots, stop_votes = sums.unbind()
         step_loss = (loss_sum / tgt_tokens).item()
         self._refuse_non_finite("loss", step_loss)
-        norm = self.optim.unscale(self.dist.world_size / tgt_tokens)
+        norm = self.optim.scale_and_clip_gradients(self.dist.world_size / tgt_tokens)
         if not self.optim.skips_non_finite:  # stop before a NaN or inf reaches the weights
             self._refuse_non_finite("the gradient norm", norm)
         self.optim.step()
@@ -209,12 +214,8 @@ class Trainer:
         if not math.isfinite(value):
             raise TrainingError(
                 f"{what} became {value} at step {self.progress.step + 1}; the last good "
-                f"checkpoint stays in {self.last.parent}; try a lower train.lr or "
+                f"checkpoint stays in {self.keeper.folder}; try a lower train.lr or "
                 "train.precision=fp32")
-
-    def _report(self, update: Update) -> None:
-        if self.dist.is_main:
-            self.monitor.report(self.progress, update, self.optim.lr)
 
     def _budget_spent(self) -> str | None:
         """Why the time budget stops the run, if it does (the same on every rank)."""
@@ -229,66 +230,47 @@ class Trainer:
         verdict and on the clock, which counts the validation. True when patience says stop."""
         self.rng_states = self.dist.gather(rng_state())
         progress, started = self.progress, time.perf_counter()
-        stop_now = self.dist.is_main and self.validate_and_save()
+        stop_now = self.dist.is_main and self.validation()
         progress.validation_seconds += time.perf_counter() - started
         stop_now, progress.elapsed, progress.validation_seconds = self.dist.broadcast(
             float(stop_now), self._tick(), progress.validation_seconds)
         plan_decay(self.settings, progress, self.max_time, self.dist)
         return bool(stop_now)
 
-    def validate_and_save(self) -> bool:
-        """Validate, keep best.pt and last.pt; True when patience says stop."""
-        progress, settings = self.progress, self.settings
-        result, scores, weights = validate_scored(self.ema, self.model, lambda model: validate(
-            model, self.prepared, self.cfg, self.device, self.autocast))
-        self.monitor.log({"step": progress.step, **scores, "elapsed": round(progress.elapsed, 2)})
-        self.monitor.plot()
-        improved = result.bleu > progress.best_bleu
-        progress.bad_validations = 0 if improved else progress.bad_validations + 1
-        if improved:
-            progress.best_bleu, progress.best_step = result.bleu, progress.step
-        dropped = (keep_snapshot(self.model, self.run_dir, progress, settings.average_last)
-                   if settings.average_last else [])
-        if improved:  # before last.pt: a kill between the two repeats this validation on resume
-            self.save(self.run_dir / "checkpoints" / "best.pt", val_bleu=result.bleu, **weights)
-        self.save(self.last)
-        for path in dropped:  # last.pt no longer lists them
-            path.unlink(missing_ok=True)
-        raw = f" (raw weights {scores['raw_val_bleu']:.2f})" if self.ema else ""
-        self.monitor.write(f"step {progress.step}: val_loss {result.loss:.3f}  val_bleu "
-                           f"{result.bleu:.2f}{raw}  (best {progress.best_bleu:.2f} at step "
-                           f"{progress.best_step})")
-        return bool(settings.patience) and progress.bad_validations >= settings.patience
+    def validation(self) -> bool:
+        """Rank 0: validate, log, keep the checkpoints; True when patience says stop."""
+        progress, patience = self.progress, self.settings.patience
+        result, scores, best = validate_scored(self.model, self.ema, self.prepared, self.cfg,
+                                               self.device, self.autocast)
+        improved = progress.record_validation(result.bleu)
+        self.monitor.validated(progress, scores)
+        self.keeper.keep(self.model, progress, improved, best)
+        return bool(patience) and progress.bad_validations >= patience
 
     def finish(self, reason: str) -> None:
         """Rank 0: save after a signal; otherwise a last validation and the averaged weights."""
         progress = self.progress
         if reason.startswith("signal"):
-            self.save(self.last)
+            self.keeper.save(self.keeper.last)
             log.info("stopped by %s at step %d; saved %s (continue with --resume)",
-                     reason, progress.step, self.last)
-        else:
-            if progress.step % self.settings.eval_every:
-                self.validate_and_save()
-            if self.settings.average_last and len(progress.snapshots) > 1:
-                self._average()
-            log.info("stopped at step %d (%s); best validation BLEU %.2f at step %d",
-                     progress.step, reason, progress.best_bleu, progress.best_step)
+                     reason, progress.step, self.keeper.last)
+            return
+        if progress.step % self.settings.eval_every:
+            self.validation()
+        if self.settings.average_last and len(progress.snapshots) > 1:
+            self._average()
+        log.info("stopped at step %d (%s); best validation BLEU %.2f at step %d",
+                 progress.step, reason, progress.best_bleu, progress.best_step)
 
     def _average(self) -> None:
         """Average the kept snapshots; the average becomes best.pt when its BLEU is higher."""
         progress = self.progress
         final = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
-        averaged = averaged_snapshots(self.run_dir, progress.snapshots, self.device)
-        self.model.load_state_dict(averaged)
+        self.model.load_state_dict(averaged_snapshots(self.keeper.run_dir, progress.snapshots,
+                                                      self.device))
         result = validate(self.model, self.prepared, self.cfg, self.device, self.autocast)
-        self.monitor.log({"step": progress.step, "averaged": len(progress.snapshots),
-                          "averaged_val_loss": result.loss, "averaged_val_bleu": result.bleu})
-        log.info("average of the last %d validation checkpoints: val BLEU %.2f (best single %.2f)",
-                 len(progress.snapshots), result.bleu, progress.best_bleu)
+        self.monitor.averaged(progress, result)
         if result.bleu > progress.best_bleu:
             progress.best_bleu = result.bleu
-            self.save(self.run_dir / "checkpoints" / "best.pt", val_bleu=result.bleu,
-                      averaged=progress.snapshots)
+            self.keeper.save(self.keeper.best, val_bleu=result.bleu, averaged=progress.snapshots)
         self.model.load_state_dict(final)
-

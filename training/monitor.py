@@ -15,6 +15,7 @@ from tqdm import tqdm
 from mha.configs.schema import TrainConfig
 from mha.data.files import DataError, atomic_write
 from mha.training.state import Progress, Update
+from mha.training.validate import Validation
 
 log = logging.getLogger(__name__)
 
@@ -70,9 +71,21 @@ class Monitor:
         fits = (self.max_time - progress.elapsed) * progress.step / progress.elapsed
         return min(self.max_steps, progress.step + max(0, math.floor(fits)))
 
-    def write(self, text: str) -> None:
-        """A line above the bar."""
-        self.bar.write(text)
+    def validated(self, progress: Progress, scores: dict) -> None:
+        """A validation's metrics line, the curves redrawn, and its scores above the bar."""
+        self.log({"step": progress.step, **scores, "elapsed": round(progress.elapsed, 2)})
+        self.plot()
+        raw = f" (raw weights {scores['raw_val_bleu']:.2f})" if "raw_val_bleu" in scores else ""
+        self.bar.write(f"step {progress.step}: val_loss {scores['val_loss']:.3f}  val_bleu "
+                   f"{scores['val_bleu']:.2f}{raw}  (best {progress.best_bleu:.2f} at step "
+                   f"{progress.best_step})")
+
+    def averaged(self, progress: Progress, result: Validation) -> None:
+        """The validation of the averaged snapshots."""
+        self.log({"step": progress.step, "averaged": len(progress.snapshots),
+                  "averaged_val_loss": result.loss, "averaged_val_bleu": result.bleu})
+        log.info("average of the last %d validation checkpoints: val BLEU %.2f (best single %.2f)",
+                 len(progress.snapshots), result.bleu, progress.best_bleu)
 
     def log(self, record: dict) -> None:
         self.records.append(record)

@@ -14,8 +14,8 @@ from mha.configs.schema import TrainConfig
 class Optimizer:
     """Adam (0.9, 0.98, 1e-9), its LambdaLR schedule and a GradScaler (enabled for fp16 only).
 
-    An update is `backward` per micro-batch, `unscale` (which returns the gradient norm, for the
-    caller to check before anything changes the weights), then `step`.
+    An update is `backward` per micro-batch, `scale_and_clip_gradients` (which returns the
+    gradient norm, for the caller to check before anything changes the weights), then `step`.
     """
 
     def __init__(self, model: nn.Module, settings: TrainConfig, device: torch.device,
@@ -30,10 +30,10 @@ class Optimizer:
     def backward(self, loss: Tensor) -> None:
         self.scaler.scale(loss).backward()
 
-    def unscale(self, scale: Tensor | float) -> float:
+    def scale_and_clip_gradients(self, scale: Tensor | float) -> float:
         """Multiply the gradients by `scale` (summed loss -> mean), clip them to `clip_norm` when
-        set, and return their total norm before clipping. It may be inf or NaN under fp16, where
-        `step` then skips the update and lowers the loss scale."""
+        set, and return their total norm before clipping, as torch's clip_grad_norm_ does. It may
+        be inf or NaN under fp16, where `step` then skips the update and lowers the loss scale."""
         self.scaler.unscale_(self.adam)
         grads = [p.grad for p in self.parameters if p.grad is not None]
         for grad in grads:

@@ -13,13 +13,13 @@ import copy
 import logging
 import statistics
 import time
-from pathlib import Path
 
 import torch
 from torch import nn
 
 from mha.configs.schema import ConfigError, TrainConfig
 from mha.data.batching import Batch, TokenBatches, collate
+from mha.inference.provenance import cpu_info
 from mha.training.distributed import Distributed
 from mha.training.loss import summed_loss
 from mha.training.state import Progress
@@ -30,16 +30,9 @@ BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")  # /proc/cpuinfo flags of CPUs that
 PROBE_BATCHES = 4  # the first batch warms up, the others are timed: 3 steps each way
 
 
-def cpu_flags() -> set[str]:
+def cpu_flags() -> frozenset[str]:
     """The CPU's feature flags from /proc/cpuinfo (Linux); empty where there is none."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return set()
-    for line in text.splitlines():
-        if line.startswith("flags"):
-            return set(line.partition(":")[2].split())
-    return set()
+    return cpu_info()[1]
 
 
 def native_bf16(device: torch.device) -> bool:
@@ -72,9 +65,10 @@ def autocast(precision: str, device: torch.device) -> torch.autocast:
     return torch.autocast(device.type, dtype=half, enabled=precision != "fp32")
 
 
-def settle(settings: TrainConfig, progress: Progress, model: nn.Module, train_set,
-           batches: TokenBatches, device: torch.device, dist: Distributed) -> torch.autocast:
-    """Fix the run's precision once (`progress.precision`) and return its autocast context.
+def decide_precision(settings: TrainConfig, progress: Progress, model: nn.Module, train_set,
+                     batches: TokenBatches, device: torch.device,
+                     dist: Distributed) -> torch.autocast:
+    """Decide the run's precision once (kept in `progress.precision`); return its autocast.
 
     `auto` is decided on the first start (rank 0 times, every rank follows) and kept on resume;
     fp32, bf16 and fp16 are taken as they are.
@@ -83,7 +77,8 @@ def settle(settings: TrainConfig, progress: Progress, model: nn.Module, train_se
         progress.precision = settings.precision
         if settings.precision == "auto":
             samples = probe_batches(train_set, batches, progress.epoch) if dist.is_main else []
-            progress.precision = choose(model, samples, settings.label_smoothing, device, dist)
+            progress.precision = faster_precision(model, samples, settings.label_smoothing,
+                                                  device, dist)
     elif settings.precision == "auto":  # resumed, perhaps on another machine
         log.info("train.precision auto: %s, as chosen when the run started", progress.precision)
         check_precision(progress.precision, device)
@@ -98,8 +93,8 @@ def probe_batches(train_set, batches: TokenBatches, epoch: int) -> list[Batch]:
     return [collate(r["src_ids"], r["tgt_ids"]) for r in rows]
 
 
-def choose(model: nn.Module, samples: list[Batch], label_smoothing: float,
-           device: torch.device, dist: Distributed) -> str:
+def faster_precision(model: nn.Module, samples: list[Batch], label_smoothing: float,
+                     device: torch.device, dist: Distributed) -> str:
     """bf16 where it is native and its steps are faster than fp32's, else fp32; rank 0 decides."""
     choice = "fp32"
     if dist.is_main and not native_bf16(device):
@@ -112,7 +107,7 @@ def choose(model: nn.Module, samples: list[Batch], label_smoothing: float,
         log.info("train.precision auto: %s (forward + backward, median of %d real batches: bf16 "
                  "%.3f s, fp32 %.3f s; native bf16: %s)", choice, len(samples) - 1,
                  seconds["bf16"], seconds["fp32"], flags)
-    return "bf16" if dist.broadcast_int(int(choice == "bf16")) else "fp32"
+    return "bf16" if dist.broadcast(float(choice == "bf16"))[0] else "fp32"
 
 
 def step_seconds(model: nn.Module, samples: list[Batch], label_smoothing: float,

@@ -78,10 +78,11 @@ def plan_decay(settings: TrainConfig, progress: Progress, max_time: float,
     if progress.plan_end and (not halfway or progress.step >= progress.plan_end):
         return
     validations = progress.step // settings.eval_every
-    end = dist.broadcast_int(planned_updates(
+    end = int(dist.broadcast(planned_updates(
         progress.step, max_time - progress.elapsed,
         (progress.elapsed - progress.validation_seconds) / progress.step,
-        progress.validation_seconds / max(validations, 1), settings.eval_every, settings.max_steps))
+        progress.validation_seconds / max(validations, 1), settings.eval_every, settings.max_steps
+    ))[0])
     first = Plan(progress.plan_start, progress.plan_end, progress.plan_top)
     top = linear(progress.step, settings.warmup_steps, first)
     progress.plan_start, progress.plan_end, progress.plan_top = progress.step, end, top

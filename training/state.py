@@ -1,5 +1,5 @@
-"""What a resumed run needs besides weights and optimiser: progress, random state, and the
-snapshots kept for checkpoint averaging."""
+"""What a checkpoint holds besides weights and optimiser (progress, every rank's random state),
+and how a run resumes from it, checked against the config before anything is written."""
 
 from __future__ import annotations
 
@@ -45,6 +45,14 @@ class Progress:
     plan_corrected: bool = False  # the halfway correction is done
     precision: str = ""  # the run's number format, fixed at its start (train.precision: auto)
 
+    def record_validation(self, bleu: float) -> bool:
+        """Count a validation for train.patience; True when its BLEU is the best so far."""
+        improved = bleu > self.best_bleu
+        self.bad_validations = 0 if improved else self.bad_validations + 1
+        if improved:
+            self.best_bleu, self.best_step = bleu, self.step
+        return improved
+
 
 @dataclasses.dataclass
 class Update:
@@ -79,9 +87,16 @@ def set_rng_state(states: list[dict], rank: int) -> None:
         torch.cuda.set_rng_state_all(rng["cuda"])
 
 
-def check_resumable(state: dict, cfg: Config) -> None:
-    """CheckpointError if the checkpoint's config differs from `cfg` in anything but
-    RESUMABLE_CHANGES: run before anything is written, so a refusal changes nothing."""
+def saved_state(last: Path, cfg: Config, resume: bool) -> dict | None:
+    """last.pt's state when resuming; None for a new run. Raises CheckpointError before anything
+    is written (so a refusal changes nothing) for a new run where last.pt exists, or a checkpoint
+    whose config differs from `cfg` in anything but RESUMABLE_CHANGES."""
+    if not resume:
+        if last.exists():
+            raise CheckpointError(f"{last.parents[1]} already holds a run (checkpoints/last.pt): "
+                                  "pass --resume to continue it, or set another run_dir")
+        return None
+    state = checkpoint.load(last)
     saved, current = to_dict(from_dict(state["config"])), to_dict(cfg)
     differences = [
         f"{section}.{key} ({old!r} in the checkpoint, {current[section][key]!r} now)"
@@ -92,24 +107,12 @@ def check_resumable(state: dict, cfg: Config) -> None:
     if differences:
         raise CheckpointError("cannot resume: the config differs from the checkpoint's at "
                               + "; ".join(differences))
-
-
-def saved_state(last: Path, cfg: Config, resume: bool) -> dict | None:
-    """last.pt's state, checked against `cfg`, when resuming; None for a new run. Raises
-    CheckpointError before anything is written, so a refusal changes nothing."""
-    if not resume:
-        if last.exists():
-            raise CheckpointError(f"{last.parents[1]} already holds a run (checkpoints/last.pt): "
-                                  "pass --resume to continue it, or set another run_dir")
-        return None
-    state = checkpoint.load(last)
-    check_resumable(state, cfg)
     return state
 
 
 def restore(state: dict, model: Transformer, optim: Optimizer, rank: int = 0,
             ema: EMA | None = None) -> Progress:
-    """Load a checkpoint's training state (checked by `check_resumable`) into the given objects
+    """Load a checkpoint's training state (checked by `saved_state`) into the given objects
     and process `rank`'s random state; CheckpointError if it does not fit the model."""
     try:
         model.load_state_dict(state["model"])
@@ -123,23 +126,3 @@ def restore(state: dict, model: Transformer, optim: Optimizer, rank: int = 0,
     progress = Progress(**state["progress"])
     log.info("resuming at step %d", progress.step)
     return progress
-
-
-def keep_snapshot(model: Transformer, run_dir: Path, progress: Progress, keep: int) -> list[Path]:
-    """Save the weights of this validation for averaging; the files that fell out of the last
-    `keep` are returned, to delete once last.pt (which lists the kept ones) is written."""
-    folder = run_dir / "checkpoints"
-    weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    checkpoint.save_weights(weights, folder / f"weights_{progress.step}.pt")
-    progress.snapshots.append(progress.step)
-    dropped = [folder / f"weights_{old}.pt" for old in progress.snapshots[:-keep]]
-    progress.snapshots = progress.snapshots[-keep:]
-    return dropped
-
-
-def averaged_snapshots(run_dir: Path, steps: list[int], device: torch.device) -> dict:
-    """The element-wise mean of the kept snapshots' weights."""
-    folder = run_dir / "checkpoints"
-    snapshots = [checkpoint.load_weights(folder / f"weights_{s}.pt") for s in steps]
-    return {k: sum(s[k].float() for s in snapshots).div(len(snapshots)).to(v.dtype).to(device)
-            for k, v in snapshots[0].items()}

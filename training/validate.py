@@ -11,8 +11,9 @@ from mha.configs.schema import Config
 from mha.data.batching import collate
 from mha.data.prepare import Prepared
 from mha.inference.evaluate import score
-from mha.inference.translate import translate_lines
+from mha.inference.translate import MhaEngine, translate_lines
 from mha.model.transformer import Transformer
+from mha.training.ema import EMA
 from mha.training.loss import summed_loss
 
 
@@ -41,7 +42,22 @@ def validate(model: Transformer, prepared: Prepared, cfg: Config, device: torch.
             loss_sum += summed_loss(model, src, tgt_in, tgt_out, cfg.train.label_smoothing).item()
         tokens += batch.tgt_tokens
     with autocast:
-        hypotheses = list(translate_lines(model, prepared.tokenizer, rows["src"],
-                                          batch_size=cfg.decode.batch_size, beam=1, use_cache=True,
-                                          decode_cfg=cfg.decode))
+        engine = MhaEngine(model, prepared.tokenizer, cfg.decode)
+        hypotheses = list(translate_lines(engine, rows["src"], batch_size=cfg.decode.batch_size,
+                                          beam=1))
     return Validation(loss_sum / max(tokens, 1), score(hypotheses, list(rows["tgt"]))["bleu"])
+
+
+def validate_scored(model: Transformer, ema: EMA | None, prepared: Prepared, cfg: Config,
+                    device: torch.device, autocast: contextlib.AbstractContextManager,
+                    ) -> tuple[Validation, dict, dict]:
+    """Validate the weights that count (the moving average when on) and the raw ones beside
+    them. Returns the counted Validation, the metrics to log, and what best.pt holds besides
+    the state (with EMA on, the average in place of the raw weights, marked "weights": "ema")."""
+    result = validate(ema.model if ema else model, prepared, cfg, device, autocast)
+    scores, best = {"val_loss": result.loss, "val_bleu": result.bleu}, {"val_bleu": result.bleu}
+    if ema is not None:
+        raw = validate(model, prepared, cfg, device, autocast)
+        scores |= {"raw_val_loss": raw.loss, "raw_val_bleu": raw.bleu}
+        best |= {"model": ema.model.state_dict(), "weights": "ema"}
+    return result, scores, best
