@@ -67,14 +67,14 @@ def cpu_info() -> tuple[str, frozenset[str]]:
 
 
 def file_hashes(paths: list[Path]) -> dict[str, str]:
-    """path -> SHA-256 of its bytes."""
+    """absolute path -> SHA-256 of its bytes."""
     hashes = {}
     for path in paths:
         digest = hashlib.sha256()
         with path.open("rb") as file:
             while chunk := file.read(1 << 20):
                 digest.update(chunk)
-        hashes[str(path)] = digest.hexdigest()
+        hashes[str(path.resolve())] = digest.hexdigest()
     return hashes
 
 
