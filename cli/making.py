@@ -56,15 +56,23 @@ def info(
     vocab: Annotated[int | None, typer.Option(
         "--vocab", min=1, help="Vocabulary size per side (default: data.vocab_size).",
         show_default=False)] = None,
+    measure: Annotated[bool, typer.Option(
+        "--measure", help="Also build one attention block at every head count: torch's FLOP "
+        "count and its time, side by side.")] = False,
 ) -> None:
-    """Parameters and FLOPs per token by component, from the config alone (nothing is built)."""
-    from mha.model.info import format_info
+    """Parameters and FLOPs per token by component, from the config alone; --measure also builds
+    one attention block per head count and counts and times it."""
+    from mha.model.info import format_info, format_measured, measure_heads
 
     cfg = config(config_path, overrides)
     size = vocab or cfg.data.vocab_size  # a joint vocabulary, or one of this size per side
     typer.echo(format_info(cfg.model, size, size, src_len, tgt_len))
     typer.echo(f"vocabulary: {size:,} {'joint' if cfg.data.joint_vocab else 'per side'}; "
                f"embeddings {'tied' if cfg.model.tie_embeddings else 'untied'}")
+    if measure:
+        length = round(src_len)
+        typer.echo(format_measured(measure_heads(cfg.model.d_model, length), cfg.model.d_model,
+                                   length))
 
 
 @command

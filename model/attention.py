@@ -58,6 +58,9 @@ class MultiHeadAttention(nn.Module):
         self.w_k = nn.Linear(d_model, d_model)  # W_K
         self.w_v = nn.Linear(d_model, d_model)  # W_V
         self.w_o = nn.Linear(d_model, d_model)  # W_O: mixes the concatenated heads
+        # (H,): 1 keeps a head, 0 removes it (its output is zero before W_O mixes the heads, as
+        # in Michel et al. 2019); a tensor that requires grad gives each head's importance
+        self.head_mask: Tensor | None = None
 
     def forward(
         self, query: Tensor, key: Tensor, value: Tensor, *,
@@ -85,6 +88,8 @@ class MultiHeadAttention(nn.Module):
             weights = None
             causal_only = blocked is not None and key_padding_mask is None and Tq == Tk
             context = kernel_attention(q, k, v, blocked, causal_only, dropout)
+        if self.head_mask is not None:
+            context = context * self.head_mask.view(1, self.num_heads, 1, 1)  # (B, H, Tq, Dk)
         # 4. merge heads: (B, H, Tq, Dk) -> (B, Tq, D), then W_O
         context = context.transpose(1, 2).reshape(B, Tq, self.num_heads * self.d_k)
         return self.w_o(context), weights

@@ -136,3 +136,14 @@ def test_missing_config_exits_2() -> None:
     result = CliRunner().invoke(app, ["info", "nope"])
     assert result.exit_code == 2
     assert result.stderr.startswith("error: config 'nope': no such file and no such preset")
+
+
+def test_measure_prints_torchs_equal_count_and_a_time_for_every_head_count() -> None:
+    output = run_info("tiny", "--set", "model.d_model=32", "--measure", "--src-len", "8")
+    rows = re.findall(r"^\s*(\d+)\s+(\d+)\s+(\S+)\s+([\d.]+)\s+([\d.]+)$", output, re.MULTILINE)
+    assert [(int(h), int(dk)) for h, dk, *_ in rows] == [(1, 32), (2, 16), (4, 8), (8, 4),
+                                                         (16, 2), (32, 1)]
+    D, S = 32, 8  # per token: W_Q, W_K, W_V, W_O (4 x 2 D^2) and scores + sum (2 x 2 D S)
+    assert {flops for _, _, flops, *_ in rows} == {f"{(8 * D * D + 4 * D * S) / 1e3:.3g}k"}
+    assert all(float(ms) > 0 for *_, ms, _ in rows)
+    assert min(float(ratio) for *_, ratio in rows) == 1.0
