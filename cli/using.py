@@ -1,4 +1,4 @@
-"""Commands that use a trained model: translate, eval, explore."""
+"""Commands that use a trained model: translate, eval, explore, tune-decode, export, heads."""
 
 from __future__ import annotations
 
@@ -233,3 +233,23 @@ def export(
                               which=which, force=force)
     typer.echo(f"wrote {folder} ({quantization} weights); {folder}/README.md shows how to use it, "
                f"or: mha translate {folder} --engine {to} \"a sentence\"")
+
+
+@command
+def heads(
+    run_dir: RunArg,
+    split: Annotated[str, typer.Option(
+        "--split", help="The run's prepared split to measure on: val or test.")] = "val",
+    limit: Annotated[int | None, typer.Option(
+        "--limit", help="Use only the split's first N sentences (faster).",
+        show_default=False)] = None,
+    which: CheckpointOpt = "best",
+    device: DeviceOpt = "auto",
+) -> None:
+    """Each attention head's importance (loss and greedy BLEU with it removed, and the gradient
+    estimate) and the pruning curve; writes RUN/heads.json."""
+    from mha.inference.heads import format_report, measure_heads, write_report
+
+    report = measure_heads(run_dir, split, limit, which, device)
+    path = write_report(run_dir, report)
+    typer.echo(f"{format_report(report)}\nwritten to {path}")
