@@ -34,9 +34,13 @@ def run_lock(run_dir: str | Path, command: str) -> Iterator[None]:
     """
     folder = Path(run_dir)
     new_folder = not folder.exists()
-    folder.mkdir(parents=True, exist_ok=True)
     path = folder / NAME
-    fd, created = _locked(path)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, created = _locked(path)
+    except (FileExistsError, NotADirectoryError, PermissionError) as error:
+        raise DataError(f"run_dir {folder} cannot hold a run: {error.strerror} (expected a "
+                        "folder this user can write)") from error
     try:
         before = None if created else (path.read_bytes(), os.stat(path))
         _write(fd, json.dumps({"pid": os.getpid(), "command": command,

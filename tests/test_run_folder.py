@@ -139,3 +139,13 @@ def test_an_empty_corpus_file_is_one_clean_line(role, name, small_corpus, tmp_pa
     assert result.stderr == (f"error: the {role} split ({split!r}): {corpus / name} has no "
                              "lines (expected a sentence a line)\n")
     assert not run.exists()  # the refused command made it, and leaves nothing behind
+
+
+def test_a_run_dir_that_is_a_file_is_one_clean_line(small_corpus, tmp_path):
+    taken = tmp_path / "a_file"
+    taken.write_text("mine")
+    result = invoke("tokenize", "tiny", *sets(taken, small_corpus))
+    assert result.exit_code == 2, result.output
+    assert result.stderr == (f"error: run_dir {taken} cannot hold a run: File exists (expected "
+                             "a folder this user can write)\n")
+    assert taken.read_text() == "mine"
