@@ -87,6 +87,7 @@ class ModelConfig:
     d_ff: Count = 512
     dropout: Fraction = 0.2
     attention_dropout: Fraction = 0.0
+    attention_scale: Bool = True  # divide Q K^T by sqrt(d_k); false only to see why (README)
     activation: Literal["relu", "gelu"] = "relu"
     norm: Literal["pre", "post"] = "pre"
     positional: Literal["sinusoidal", "learned"] = "sinusoidal"
@@ -147,7 +148,8 @@ class Config:
 # it lacks takes these values, not today's defaults, so an old run resumes as it was trained.
 # A key added from now on goes here too, with the behaviour its absence meant.
 OLDER_MEANING = {"train.schedule": "inverse_sqrt", "train.ema_decay": 0.0,
-                 "train.subword_sampling": 0.0, "train.subword_sampling_tgt": True}
+                 "train.subword_sampling": 0.0, "train.subword_sampling_tgt": True,
+                 "model.attention_scale": True}
 
 
 def presets() -> list[str]:

@@ -130,6 +130,9 @@ def build_spec(model: Transformer, tokenizer: Tokenizer, ct2: ModuleType):
     if cfg.activation not in activations:
         raise ExportError(f"model.activation {cfg.activation!r} has no CTranslate2 equivalent "
                           f"here (exportable: {', '.join(activations)})")
+    if not cfg.attention_scale:
+        raise ExportError("model.attention_scale is false: CTranslate2 always divides Q K^T by "
+                          "sqrt(d_k) (exportable: a model trained with attention_scale true)")
     spec = ct2.specs.TransformerSpec.from_config(
         (cfg.encoder_layers, cfg.decoder_layers), cfg.heads, pre_norm=cfg.norm == "pre",
         activation=activations[cfg.activation])

@@ -46,7 +46,8 @@ class KVCache:
 
 
 class MultiHeadAttention(nn.Module):
-    def __init__(self, d_model: int, num_heads: int, dropout: float = 0.0) -> None:
+    def __init__(self, d_model: int, num_heads: int, dropout: float = 0.0,
+                 scaled: bool = True) -> None:
         super().__init__()
         if d_model % num_heads:
             raise ValueError(
@@ -54,6 +55,9 @@ class MultiHeadAttention(nn.Module):
                 f"d_k would be {d_model / num_heads:.4g}"
             )
         self.num_heads, self.d_k, self.dropout = num_heads, d_model // num_heads, dropout
+        # 1/sqrt(Dk) keeps the logits' spread near 1 whatever Dk is; `scaled=False` (config
+        # model.attention_scale: false) leaves it out, to see the softmax saturate without it
+        self.scale = 1 / math.sqrt(self.d_k) if scaled else 1.0
         self.w_q = nn.Linear(d_model, d_model)  # W_Q: all heads' query projections
         self.w_k = nn.Linear(d_model, d_model)  # W_K
         self.w_v = nn.Linear(d_model, d_model)  # W_V
@@ -79,7 +83,7 @@ class MultiHeadAttention(nn.Module):
         blocked = attention_mask(key_padding_mask, causal, Tq, Tk, query.device)
         dropout = self.dropout if self.training else 0.0
         if need_weights:
-            scores = q @ k.transpose(-2, -1) / math.sqrt(self.d_k)  # (B, H, Tq, Tk)
+            scores = q @ k.transpose(-2, -1) * self.scale  # (B, H, Tq, Tk)
             if blocked is not None:  # (B|1, 1, Tq, Tk)
                 scores = scores.masked_fill(blocked, float("-inf"))
             weights = scores.softmax(dim=-1)
@@ -87,7 +91,7 @@ class MultiHeadAttention(nn.Module):
         else:  # the same maths in one kernel; tests/test_attention.py proves they agree
             weights = None
             causal_only = blocked is not None and key_padding_mask is None and Tq == Tk
-            context = kernel_attention(q, k, v, blocked, causal_only, dropout)
+            context = kernel_attention(q, k, v, blocked, causal_only, dropout, self.scale)
         if self.head_mask is not None:
             context = context * self.head_mask.view(1, self.num_heads, 1, 1)  # (B, H, Tq, Dk)
         # 4. merge heads: (B, H, Tq, Dk) -> (B, Tq, D), then W_O
@@ -112,8 +116,8 @@ class MultiHeadAttention(nn.Module):
 
 
 def kernel_attention(q: Tensor, k: Tensor, v: Tensor, blocked: Tensor | None, causal: bool,
-                    dropout: float) -> Tensor:
-    """softmax(Q K^T / sqrt(Dk)) V by F.scaled_dot_product_attention: (B, H, Tq, Dk) each ->
+                    dropout: float, scale: float | None = None) -> Tensor:
+    """softmax(Q K^T * scale) V (scale None: 1/sqrt(Dk)) by F.scaled_dot_product_attention: (B, H, Tq, Dk) each ->
     (B, H, Tq, Dk). `blocked` (B|1, 1, Tq, Tk) True where a key is hidden; when it is only the
     causal mask of a square (`causal`), the kernel builds that itself.
 
@@ -127,8 +131,9 @@ def kernel_attention(q: Tensor, k: Tensor, v: Tensor, blocked: Tensor | None, ca
     if q.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
         with torch.autocast("cpu", enabled=False):
             return F.scaled_dot_product_attention(q.float(), k.float(), v.float(), allowed,
-                                                  dropout_p=dropout, is_causal=causal)
-    return F.scaled_dot_product_attention(q, k, v, allowed, dropout_p=dropout, is_causal=causal)
+                                                  dropout_p=dropout, is_causal=causal, scale=scale)
+    return F.scaled_dot_product_attention(q, k, v, allowed, dropout_p=dropout, is_causal=causal,
+                                          scale=scale)
 
 
 class AttentionRecorder:

@@ -27,7 +27,8 @@ class FusedAttention(MultiHeadAttention):
 
     def __init__(self, attention: MultiHeadAttention, self_attention: bool) -> None:
         nn.Module.__init__(self)
-        for name in ("num_heads", "d_k", "dropout", "w_q", "w_k", "w_v", "w_o", "head_mask"):
+        for name in ("num_heads", "d_k", "scale", "dropout", "w_q", "w_k", "w_v", "w_o",
+                     "head_mask"):
             setattr(self, name, getattr(attention, name))  # the weights shared, not copied
         self.self_attention = self_attention
         stacked = (self.w_q, self.w_k, self.w_v) if self_attention else (self.w_k, self.w_v)

@@ -72,12 +72,16 @@ class Residual(nn.Module):
         return self.norm(x + self.dropout(sublayer(x)))
 
 
+def attention_args(cfg: ModelConfig) -> tuple:
+    return cfg.d_model, cfg.heads, cfg.attention_dropout, cfg.attention_scale
+
+
 class EncoderLayer(nn.Module):
     """Self-attention over the source, then feed-forward."""
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
-        self.self_attn = MultiHeadAttention(cfg.d_model, cfg.heads, cfg.attention_dropout)
+        self.self_attn = MultiHeadAttention(*attention_args(cfg))
         self.feed_forward = FeedForward(cfg.d_model, cfg.d_ff, cfg.dropout, cfg.activation)
         pre = cfg.norm == "pre"
         self.attn_block = Residual(cfg.d_model, cfg.dropout, pre)
@@ -95,8 +99,8 @@ class DecoderLayer(nn.Module):
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
-        self.self_attn = MultiHeadAttention(cfg.d_model, cfg.heads, cfg.attention_dropout)
-        self.cross_attn = MultiHeadAttention(cfg.d_model, cfg.heads, cfg.attention_dropout)
+        self.self_attn = MultiHeadAttention(*attention_args(cfg))
+        self.cross_attn = MultiHeadAttention(*attention_args(cfg))
         self.feed_forward = FeedForward(cfg.d_model, cfg.d_ff, cfg.dropout, cfg.activation)
         pre = cfg.norm == "pre"
         self.self_block = Residual(cfg.d_model, cfg.dropout, pre)

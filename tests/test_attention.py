@@ -125,3 +125,15 @@ def test_the_recorder_collects_every_modules_weights_and_changes_no_output():
     torch.testing.assert_close(out, model["a"](x, x, x, causal=True)[0])
     model["a"](x, x, x)  # outside `with`, nothing is recorded
     assert weights["a"][0, 0, 0, 1:].eq(0).all()
+
+
+@pytest.mark.parametrize("need_weights", [True, False])
+def test_without_the_scale_the_logits_are_the_raw_dot_products(need_weights):
+    torch.manual_seed(2)
+    attn = MultiHeadAttention(D, 4, scaled=False).eval()
+    x = torch.randn(2, 5, D)
+    out, _ = attn(x, x, x, causal=True, need_weights=need_weights)
+    q, k, v = attn.project(x, x, x)  # (B, H, T, Dk) each
+    scores = (q @ k.transpose(-2, -1)).masked_fill(torch.ones(5, 5).triu(1).bool(), float("-inf"))
+    merged = (scores.softmax(-1) @ v).transpose(1, 2).reshape(2, 5, D)  # (B, T, D)
+    torch.testing.assert_close(out, attn.w_o(merged), atol=1e-5, rtol=1e-5)

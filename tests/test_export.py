@@ -9,6 +9,7 @@ other option (post-norm, GELU, learned positions, two untied vocabularies).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import subprocess
@@ -20,7 +21,7 @@ import torch
 from helpers import SENTENCES, assert_user_error, invoke, make_tiny_run
 
 from mha.inference.ct2 import CTranslate2Engine, compare_greedy, top2_margin
-from mha.inference.export import QUANTIZATIONS, export
+from mha.inference.export import QUANTIZATIONS, ExportError, build_spec, export
 from mha.inference.run import load_model
 from mha.inference.translate import MhaEngine, encode_sources, translate_chunk, translate_lines
 
@@ -166,3 +167,10 @@ def _test_lines(run: Path) -> list[str]:
     from mha.data.prepare import load_prepared
 
     return list(load_prepared(run).splits["test"]["src"])
+
+
+def test_a_model_without_the_attention_scale_is_refused(ct2, tiny_run):
+    model, tokenizer, cfg = load_model(tiny_run, "best", "cpu")
+    model.cfg = dataclasses.replace(cfg.model, attention_scale=False)
+    with pytest.raises(ExportError, match="model.attention_scale is false"):
+        build_spec(model, tokenizer, ct2)
