@@ -122,6 +122,7 @@ class TrainConfig:
     average_last: Whole = 0
     ema_decay: Fraction = 0.0
     num_threads: Whole = 0
+    watch: Whole = 4  # validation sentences whose attention is kept at each validation; 0: off
     device: Literal["auto", "cpu", "cuda"] = "auto"
 
 
@@ -149,7 +150,7 @@ class Config:
 # A key added from now on goes here too, with the behaviour its absence meant.
 OLDER_MEANING = {"train.schedule": "inverse_sqrt", "train.ema_decay": 0.0,
                  "train.subword_sampling": 0.0, "train.subword_sampling_tgt": True,
-                 "model.attention_scale": True}
+                 "model.attention_scale": True, "train.watch": 0}
 
 
 def presets() -> list[str]:

@@ -33,6 +33,7 @@ from mha.training.precision import check_precision, decide_precision
 from mha.training.schedule import lr_factor, plan_decay
 from mha.training.signals import StopSignal
 from mha.training.state import Progress, Update, restore, rng_state, saved_state
+from mha.training.watch import Watch
 from mha.training.validate import validate, validate_scored
 
 log = logging.getLogger(__name__)
@@ -91,6 +92,8 @@ class Trainer:
             self._record_run()
             self.monitor = Monitor(self.keeper.run_dir, self.progress.step if resume else None,
                                    self.settings, self.max_time)
+        self.watch = Watch(cfg.run_dir, self.prepared, self.settings.watch, cfg.model.max_tokens,
+                           self.progress.step) if dist.is_main and self.settings.watch else None
 
     def _setup_device(self) -> torch.device:
         if self.settings.num_threads:
@@ -244,6 +247,8 @@ class Trainer:
                                                self.device, self.autocast)
         improved = progress.record_validation(result.bleu)
         self.monitor.validated(progress, scores)
+        if self.watch:  # before the checkpoints: a kill in between redoes this on resume
+            self.watch.record(self.ema.model if self.ema else self.model, progress.step)
         self.keeper.keep(self.model, progress, improved, best)
         return bool(patience) and progress.bad_validations >= patience
 
