@@ -48,7 +48,7 @@ log = logging.getLogger(__name__)
 MAX_SENTENCES = 100
 DECIMALS = 4
 CANDIDATES = 5
-PAGE_FILES = ("page.html", "page.css", "figures.js", "page.js")
+PAGE_FILES = ("page.html", "page.css", "figures.js", "importance.js", "page.js")
 HEADS_FILE = "heads.json"
 
 
