@@ -14,31 +14,42 @@ decoder_layers} and sentences, each with
     with a beam, beams [[text, log-probability], ...]}.
 Row t of decoder and cross weights is the position that reads tgt_in[t] and predicts tgt_out[t].
 An empty line is shown as the model sees it, EOS alone (`mha translate` skips such lines).
+
+When the run holds RUN/heads.json (`mha heads`), the JSON also has checkpoint_step (the page's
+checkpoint) and heads: that report's checked fields (HeadReport), which the page shows beside
+each head. A file that does not parse, fails the check or describes another model's heads is
+left out with one warning.
 """
 
 from __future__ import annotations
 
 import html
 import json
+import logging
 import re
 from importlib.resources import files
 from pathlib import Path
+from typing import Literal
 
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from torch import Tensor
 
 from mha.configs.schema import DecodeConfig
 from mha.data.files import DataError, atomic_write
 from mha.data.tokenizer import Tokenizer
-from mha.inference.checkpoint import resolve
+from mha.inference import checkpoint
 from mha.inference.pictures import attention_weights
 from mha.inference.run import load_model
 from mha.inference.translate import warn_unknown_characters
 from mha.model.transformer import Transformer
 
+log = logging.getLogger(__name__)
+
 MAX_SENTENCES = 100
 DECIMALS = 4
 CANDIDATES = 5
-PAGE_FILES = ("page.html", "page.css", "figures.js", "page.js")
+PAGE_FILES = ("page.html", "page.css", "figures.js", "importance.js", "page.js")
+HEADS_FILE = "heads.json"
 
 
 def check_request(texts: list[str], output: Path) -> None:
@@ -100,6 +111,96 @@ def _rounded(weights: Tensor) -> list:
     return [[[int(w) if w in (0.0, 1.0) else w for w in row] for row in head] for head in heads]
 
 
+class _Checked(BaseModel):
+    """Fields as `mha heads` writes them; other keys are dropped, NaN and infinity refused."""
+
+    model_config = ConfigDict(extra="ignore", strict=True, allow_inf_nan=False)
+
+
+class HeadRecord(_Checked):
+    kind: Literal["encoder", "decoder", "cross"]
+    layer: int = Field(ge=0)
+    head: int = Field(ge=0)
+    val_loss: float
+    val_bleu: float
+    bleu_drop: float
+    loss_rise: float
+    grad_importance: float
+    rank: int = Field(ge=1)
+    roles: dict[str, float | None] | None = None  # Voita et al.'s roles, where heads.json has them
+    entropy: float | None = None
+    role: str | None = None
+
+
+class Baseline(_Checked):
+    val_loss: float
+    val_bleu: float
+
+
+class PruningStep(_Checked):
+    kept: int = Field(ge=0)
+    bleu: float
+
+
+class HeadReport(_Checked):
+    split: str
+    sentences: int = Field(ge=1)
+    checkpoint: str
+    checkpoint_step: int
+    baseline: Baseline
+    heads: list[HeadRecord]
+    pruning: list[PruningStep]
+    can_remove: dict[str, int]
+    spearman: float | None
+
+
+def head_figures(run_dir: Path, which: str, model: dict) -> dict:
+    """The page's checkpoint_step and heads (RUN/heads.json, checked), or {} when the run has no
+    heads.json or one that `stored_heads` refuses. A warning when its figures were measured on
+    another checkpoint than `which`, which the page also shows."""
+    heads = stored_heads(Path(run_dir) / HEADS_FILE, model)
+    if heads is None:
+        return {}
+    step = checkpoint.load(checkpoint.resolve(Path(run_dir), which))["step"]
+    if heads["checkpoint_step"] != step:
+        log.warning("%s was measured on the checkpoint of step %s; the page shows step %s "
+                    "(rerun `mha heads %s`)", Path(run_dir) / HEADS_FILE,
+                    heads["checkpoint_step"], step, run_dir)
+    return {"checkpoint_step": step, "heads": heads}
+
+
+def stored_heads(path: Path, model: dict) -> dict | None:
+    """heads.json at `path`, checked (HeadReport); None, with one warning, when it cannot be
+    read, fails the check or does not list exactly the heads of `model` (the page's model
+    entry); None, silently, when there is none."""
+    if not path.is_file():
+        return None
+    try:
+        report = HeadReport.model_validate(json.loads(path.read_text(encoding="utf-8")))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        return _skip(path, f"cannot be read ({error})")
+    except ValidationError as error:
+        first = error.errors()[0]
+        where = ".".join(map(str, first["loc"])) or "the file"
+        more = error.error_count() - 1
+        return _skip(path, f"{where}: {first['msg']}" + (f" (and {more} more)" if more else ""))
+    expected = [(kind, layer, head) for kind, layers in (
+        ("encoder", model["encoder_layers"]), ("decoder", model["decoder_layers"]),
+        ("cross", model["decoder_layers"])) for layer in range(layers)
+        for head in range(model["heads"])]
+    found = [(r.kind, r.layer, r.head) for r in report.heads]
+    if sorted(found) != sorted(expected):
+        return _skip(path, f"it lists {len(found)} heads, not this model's {len(expected)} "
+                     f"({model['encoder_layers']} encoder and {model['decoder_layers']} decoder "
+                     f"layers of {model['heads']} heads)")
+    return report.model_dump()
+
+
+def _skip(path: Path, problem: str) -> None:
+    log.warning("%s: %s; the page leaves out the head figures (rerun `mha heads %s`)",
+                path, problem, path.parent)
+
+
 def page_html(data: dict, title: str = "mha explore") -> str:
     """The page: HTML with its CSS, JavaScript and `data` (as JSON) inline."""
     folder = files("mha.inference") / "explore_page"
@@ -123,7 +224,7 @@ def explore(
     Raises DataError for a bad request (see check_request), CheckpointError for a folder that
     holds no usable run.
     """
-    resolve(Path(run_dir), which)  # a folder that is not a run fails first, and fast
+    checkpoint.resolve(Path(run_dir), which)  # a folder that is not a run fails first, and fast
     check_request(texts, output)
     model, tokenizer, cfg = load_model(run_dir, which, device)
     warn_unknown_characters(tokenizer, texts, name)
@@ -133,8 +234,9 @@ def explore(
         "format": 1, "run": str(run_dir), "checkpoint": which, "beam": beam,
         "model": {"d_model": m.d_model, "heads": m.heads, "encoder_layers": m.encoder_layers,
                   "decoder_layers": m.decoder_layers},
-        "sentences": [collect(model, tokenizer, text, cfg.decode, beam) for text in texts],
     }
+    data.update(head_figures(run_dir, which, data["model"]))
+    data["sentences"] = [collect(model, tokenizer, text, cfg.decode, beam) for text in texts]
     page = page_html(data, f"mha explore: {run_dir}").encode("utf-8")
     atomic_write(output, lambda file: file.write(page))
     return data

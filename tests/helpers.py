@@ -169,6 +169,33 @@ def show(opened: Opened, **choices) -> None:
         page.click(f".tab[data-view={choices['view']}]")
 
 
+ROLE_NAMES = {"encoder": ("previous", "next"), "decoder": ("previous", "bos"),
+              "cross": ("diagonal", "eos")}
+
+
+def heads_report(heads: list[tuple[str, int, int]], step: int, roles: bool = True) -> dict:
+    """A RUN/heads.json report as `mha heads` writes it, built by hand over a model's real head
+    list (kind, layer, head): every head's BLEU drop differs, from positive to negative, the
+    largest first in the list; with `roles`, the role fields too (every other head named)."""
+    base_bleu, base_loss, n = 20.0, 3.0, len(heads)
+    records = []
+    for i, (kind, layer, head) in enumerate(heads):
+        drop = round(0.4 * (n // 2 - i) + 0.05, 2)  # 2.45, 2.05, ... for n = 12; distinct
+        record = {"kind": kind, "layer": layer, "head": head, "val_loss": base_loss + drop / 10,
+                  "val_bleu": base_bleu - drop, "bleu_drop": drop, "loss_rise": drop / 10,
+                  "grad_importance": 0.01 * (n - i), "rank": i + 1}
+        if roles:
+            first, second = ROLE_NAMES[kind]
+            share = 0.95 if i % 2 == 0 else 0.6
+            record.update(roles={first: share, second: round(1 - share, 2)},
+                          entropy=round(0.3 + i / 7, 3), role=first if i % 2 == 0 else None)
+        records.append(record)
+    curve = [{"kept": n - k, "bleu": base_bleu - 0.2 * k * k} for k in range(n + 1)]
+    return {"split": "val", "sentences": 20, "checkpoint": "best", "checkpoint_step": step,
+            "baseline": {"val_loss": base_loss, "val_bleu": base_bleu}, "heads": records,
+            "pruning": curve, "can_remove": {"0.5": 1, "1.0": 2}, "spearman": 0.5}
+
+
 def _kl(p: np.ndarray, m: np.ndarray) -> np.ndarray:
     """KL(p || m) in bits per row, 0 log 0 = 0."""
     return (p * np.log2(np.where(p > 0, p / np.where(m > 0, m, 1), 1))).sum(-1)

@@ -1,4 +1,5 @@
-"""`mha explore` without a browser: the page's data, its size, its limits and bad input."""
+"""`mha explore` without a browser: the page's data, its size, its limits and bad input, and the
+stored head figures (RUN/heads.json) it embeds or, broken, leaves out with one warning."""
 
 from __future__ import annotations
 
@@ -8,10 +9,12 @@ import re
 
 import pytest
 import torch
-from helpers import SENTENCES, assert_user_error, invoke
+from helpers import SENTENCES, assert_user_error, heads_report, invoke
 
 from mha.configs.schema import load_config
-from mha.inference.explore import MAX_SENTENCES, collect, page_html
+from mha.inference import checkpoint
+from mha.inference.explore import MAX_SENTENCES, HeadRecord, collect, page_html
+from mha.inference.heads import all_heads
 from mha.model.transformer import Transformer
 
 pytestmark = pytest.mark.usefixtures("_one_thread")  # one torch thread: the cores are shared
@@ -105,3 +108,80 @@ def test_bad_input_is_one_error_line_and_writes_nothing(tiny_run, tmp_path):
         assert_user_error(tiny_run, args, message)
     assert list(tmp_path.rglob("*")) == [not_a_run]
     assert not (tiny_run / "explore.html").exists()
+
+
+def explore_one(run, tmp_path, caplog) -> tuple[dict, list[str]]:
+    """`mha explore RUN SENTENCE`: the page's data and the warnings that name heads.json."""
+    page = tmp_path / "page.html"
+    with caplog.at_level(logging.WARNING):
+        result = invoke("explore", run, SENTENCES[0], "--output", page, "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    assert "Traceback" not in result.output
+    return page_data(page), [r.getMessage() for r in caplog.records
+                             if r.levelno == logging.WARNING and "heads.json" in r.getMessage()]
+
+
+def test_the_figures_of_mha_heads_go_into_the_page(run_copy, tmp_path, caplog):
+    result = invoke("heads", run_copy, "--limit", "5", "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    stored = json.loads((run_copy / "heads.json").read_text())
+    data, warnings = explore_one(run_copy, tmp_path, caplog)
+    assert warnings == []
+    assert data["checkpoint_step"] == checkpoint.load(run_copy / "checkpoints/best.pt")["step"]
+    assert data["checkpoint_step"] == stored["checkpoint_step"]
+    fields = set(HeadRecord.model_fields)
+    assert [{k: v for k, v in r.items() if k in fields} for r in data["heads"]["heads"]] == [
+        {k: r.get(k) for k in fields} for r in stored["heads"]]
+    for key in ("split", "sentences", "baseline", "pruning", "can_remove", "spearman"):
+        assert data["heads"][key] == stored[key]
+
+
+def test_figures_from_another_checkpoint_are_embedded_with_a_warning(run_copy, loaded, tmp_path,
+                                                                    caplog):
+    report = heads_report(all_heads(loaded[0]), step=7)
+    (run_copy / "heads.json").write_text(json.dumps(report))
+    data, warnings = explore_one(run_copy, tmp_path, caplog)
+    step = checkpoint.load(run_copy / "checkpoints/best.pt")["step"]
+    assert warnings == [(f"{run_copy / 'heads.json'} was measured on the checkpoint of step 7; "
+                         f"the page shows step {step} (rerun `mha heads {run_copy}`)")]
+    assert data["checkpoint_step"] == step and data["heads"]["checkpoint_step"] == 7
+    assert data["heads"]["heads"] == report["heads"]
+
+
+def _broken(report: dict, how: str) -> bytes:
+    if how == "not JSON":
+        return json.dumps(report).encode()[:-40]
+    if how == "not UTF-8":
+        return b"\xff\xfe" + json.dumps(report).encode()
+    if how == "NaN":  # Python's json writes it; the page's JSON.parse would fail on it
+        report["heads"][0]["val_loss"] = float("nan")
+    if how == "a string for a number":
+        report["heads"][1]["val_bleu"] = "high"
+    if how == "a missing key":
+        del report["baseline"]
+    if how == "another model's heads":
+        report["heads"].pop()
+    if how == "a list":
+        report = report["heads"]
+    return json.dumps(report).encode()
+
+
+@pytest.mark.parametrize("how, message", [
+    ("not JSON", "cannot be read (Expecting"), ("not UTF-8", "cannot be read ("),
+    ("NaN", "heads.0.val_loss: Input should be a finite number"),
+    ("a string for a number", "heads.1.val_bleu: Input should be a valid number"),
+    ("a missing key", "baseline: Field required"),
+    ("another model's heads", "it lists 5 heads, not this model's 6"),
+    ("a list", "the file: Input should be a valid dictionary"),
+])
+def test_a_broken_heads_json_is_one_warning_and_a_page_without_figures(
+        run_copy, loaded, tmp_path, caplog, how, message):
+    report = heads_report(all_heads(loaded[0]), step=60)
+    (run_copy / "heads.json").write_bytes(_broken(report, how))
+    data, warnings = explore_one(run_copy, tmp_path, caplog)
+    assert len(warnings) == 1 and message in warnings[0], warnings
+    assert warnings[0].startswith(f"{run_copy / 'heads.json'}: ")
+    assert warnings[0].endswith(
+        f"the page leaves out the head figures (rerun `mha heads {run_copy}`)")
+    assert "heads" not in data and "checkpoint_step" not in data
+    assert [s["text"] for s in data["sentences"]] == [SENTENCES[0]]

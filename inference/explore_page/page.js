@@ -1,9 +1,14 @@
 "use strict";
 // The explore page: reads the JSON in #mha-data (written by mha.inference.explore) and draws
 // four views of it. Everything the page shows is derived from `state`; tests read it through
-// window.mhaState. Needs figures.js (wordGroups, mergeMatrix, headFigures, ...) loaded first.
+// window.mhaState. Needs figures.js (wordGroups, mergeMatrix, headFigures, ...) and
+// importance.js (the stored head figures' colours and texts) loaded first.
 
 const DATA = JSON.parse(document.getElementById("mha-data").textContent);
+const REPORT = DATA.heads || null;  // RUN/heads.json, as explore.py checked it; null without
+const STORED = new Map((REPORT ? REPORT.heads : []).map((r) =>
+  [headKey(r.kind, r.layer, r.head), r]));  // its records by headKey()
+const SCALE = REPORT ? importanceScale(REPORT.heads) : 1;
 const KINDS = {  // which labels name a kind's rows (queries) and columns (keys)
   encoder: { title: "encoder self-attention", rows: "src", cols: "src" },
   decoder: { title: "decoder masked self-attention", rows: "tgt_out", cols: "tgt_in" },
@@ -14,6 +19,7 @@ const COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b"
                 "#7b4173", "#3182bd"];
 const VIRIDIS = [[68, 1, 84], [59, 82, 139], [33, 145, 140], [94, 201, 98], [253, 231, 37]];
 const LINE_MIN = 0.005;  // lighter lines are not drawn: invisible, and they would crowd the SVG
+const HIDDEN_COLOUR = "#b0b0b0", HIDDEN_OPACITY = 0.3;  // a hidden head's lines: grey, faint
 
 const state = {
   sentence: 0, kind: "cross", view: "model", merge: false, layer: 0, average: false, step: 0,
@@ -21,6 +27,7 @@ const state = {
   enlarged: null,  // [layer, head] of the enlarged matrix in the model view
   hover: null,  // {side: "left" | "right", index} in the head view
   highlighted: [],  // ids "head:row:col" of the lines lit by the hover
+  hidden: [],  // headKey()s of the heads hidden with "hide this head"
 };
 
 const $ = (id) => document.getElementById(id);
@@ -37,6 +44,24 @@ function color(weight) {  // viridis, 0 dark purple to 1 yellow
   const i = Math.min(Math.floor(x), VIRIDIS.length - 2);
   const c = VIRIDIS[i].map((v, k) => Math.round(v + (VIRIDIS[i + 1][k] - v) * (x - i)));
   return `rgb(${c.join(",")})`;
+}
+
+function headKey(kind, layer, head) {
+  return `${kind}:${layer}:${head}`;
+}
+
+function stored(kind, layer, head) {  // a head's record in heads.json, or null
+  return STORED.get(headKey(kind, layer, head)) || null;
+}
+
+function isHidden(layer, head, kind = state.kind) {
+  return state.hidden.includes(headKey(kind, layer, head));
+}
+
+function toggleHidden(layer, head) {
+  const key = headKey(state.kind, layer, head);
+  update({ hidden: isHidden(layer, head) ? state.hidden.filter((k) => k !== key)
+    : [...state.hidden, key] });
 }
 
 function sentence() {
@@ -99,9 +124,15 @@ function renderModel() {
       const panel = element("div", { class: "panel", "data-layer": l, "data-head": h });
       const chosen = state.enlarged && state.enlarged[0] === l && state.enlarged[1] === h;
       panel.classList.toggle("chosen", Boolean(chosen));
+      panel.classList.toggle("hidden-head", isHidden(l, h));
       const canvas = element("canvas", { width: cols.length * cell, height: rows.length * cell });
       drawMatrix(canvas, matrix, cell);
-      panel.append(canvas, element("div", {}, `head ${h + 1}`));
+      const label = element("div", {}, `head ${h + 1}`), record = stored(state.kind, l, h);
+      if (record) {
+        panel.dataset.importance = record.bleu_drop;
+        label.prepend(importanceChip(record, SCALE, REPORT.heads.length));
+      }
+      panel.append(canvas, label);
       panel.addEventListener("click", () => update({ enlarged: [l, h] }));
       grid.append(panel);
     });
@@ -172,21 +203,39 @@ function renderHeadControls(layerCount) {
   }));
 }
 
-// Line sets to draw: [{head, colour, matrix}], one per chosen head or their average.
+// The stored figures of the chosen layer's heads, each with its "hide this head" toggle.
+function renderImportance() {
+  const box = $("importance");
+  box.hidden = !REPORT;
+  if (!REPORT) return;
+  const records = state.heads.map((_, h) => stored(state.kind, state.layer, h));
+  box.replaceChildren(element("p", { class: "hint" }, `${KINDS[state.kind].title}, layer` +
+    ` ${state.layer + 1}:`), ...importanceRows(records, SCALE, REPORT.heads.length,
+    (h) => isHidden(state.layer, h), (h) => toggleHidden(state.layer, h)));
+}
+
+// Line sets to draw: [{head, colour, matrix, hidden}], one per chosen head (hidden heads grey)
+// or the average of the chosen heads not hidden.
 function lineSets(heads) {
   const chosen = state.heads.map((on, h) => (on ? h : -1)).filter((h) => h >= 0);
   if (!state.average) {
-    return chosen.map((h) => ({ head: h, colour: COLORS[h % COLORS.length], matrix: heads[h] }));
+    return chosen.map((h) => {
+      const hidden = isHidden(state.layer, h);
+      return { head: h, colour: hidden ? HIDDEN_COLOUR : COLORS[h % COLORS.length],
+               matrix: heads[h], hidden };
+    });
   }
-  if (!chosen.length) return [];
+  const kept = chosen.filter((h) => !isHidden(state.layer, h));
+  if (!kept.length) return [];
   const matrix = heads[0].map((row, i) => row.map((_, j) =>
-    chosen.reduce((sum, h) => sum + heads[h][i][j], 0) / chosen.length));
-  return [{ head: "mean", colour: "#444", matrix }];
+    kept.reduce((sum, h) => sum + heads[h][i][j], 0) / kept.length));
+  return [{ head: "mean", colour: "#444", matrix, hidden: false }];
 }
 
 function renderHead() {
   const { rows, cols, layers } = current();
   renderHeadControls(layers.length);
+  renderImportance();
   const svg = $("lines"), rowHeight = 22, width = 620, leftX = 200, rightX = 420;
   svg.replaceChildren();
   svg.setAttribute("width", width);
@@ -199,9 +248,9 @@ function renderHead() {
       if (w < LINE_MIN) return;
       svg.append(element("line", {
         x1: leftX + 6, y1: y(i) - 4, x2: rightX - 6, y2: y(j) - 4, stroke: set.colour,
-        "stroke-width": 2, "stroke-opacity": w.toFixed(4), "data-weight": w, "data-row": i,
-        "data-col": j,
-        "data-head": set.head, class: "line",
+        "stroke-width": 2, "stroke-opacity": (set.hidden ? w * HIDDEN_OPACITY : w).toFixed(4),
+        "data-weight": w, "data-row": i, "data-col": j, "data-head": set.head,
+        class: set.hidden ? "line hidden-head" : "line",
       }, null, SVG));
     }));
   }
@@ -220,11 +269,12 @@ function renderHead() {
 }
 
 // Light the lines of the hovered token, dim the rest. A lit line's opacity is its weight over
-// the heaviest lit line's, so a spread-out row still shows which keys lead.
+// the heaviest lit line's, so a spread-out row still shows which keys lead. Hidden heads' lines
+// stay unlit.
 function hover(target) {
   state.hover = target;
   const lines = Array.from($("lines").querySelectorAll("line.line"));
-  const on = lines.map((line) => Boolean(target) &&
+  const on = lines.map((line) => Boolean(target) && !line.classList.contains("hidden-head") &&
     Number(target.side === "left" ? line.dataset.row : line.dataset.col) === target.index);
   const heaviest = Math.max(0, ...lines.filter((_, n) => on[n]).map((l) => Number(l.dataset.weight)));
   const lit = [];
@@ -273,8 +323,10 @@ function renderStepAttention(s) {
   header.append(element("th", {}, ""), ...labels.map((t) => element("th", {}, t)));
   table.replaceChildren(header);
   s.weights.cross.forEach((heads, l) => heads.forEach((matrix, h) => {
-    const tr = element("tr", {}, null);
-    tr.append(element("th", {}, `layer ${l + 1} head ${h + 1}`));
+    const tr = element("tr", { class: isHidden(l, h, "cross") ? "hidden-head" : "" }, null);
+    const name = element("th", {}, `layer ${l + 1} head ${h + 1}`), record = stored("cross", l, h);
+    if (record) name.prepend(importanceChip(record, SCALE, REPORT.heads.length));
+    tr.append(name);
     for (const w of mergeRow(matrix[state.step], groups)) {
       const td = element("td", { class: "cell", title: w.toFixed(4) });
       td.style.background = color(w);
@@ -289,25 +341,45 @@ const FIGURES = [
   ["jsDistance", "Mean JS distance to the other heads"], ["diagonal", "Diagonal share"],
 ];
 
+// A layers x heads table; paint(v) gives a cell's style.
+function figureTable(key, title, values, format, paint = () => ({})) {
+  const table = element("table", { class: "figure-table", "data-figure": key });
+  table.append(element("caption", {}, title));
+  const header = element("tr");
+  header.append(element("th"), ...values[0].map((_, h) => element("th", {}, `head ${h + 1}`)));
+  table.append(header);
+  values.forEach((heads, l) => {
+    const tr = element("tr");
+    tr.append(element("th", {}, `layer ${l + 1}`));
+    tr.append(...heads.map((v) => {
+      const td = element("td", {}, v === null || v === undefined ? "\u2013" : format(v));
+      Object.assign(td.style, paint(v));
+      return td;
+    }));
+    table.append(tr);
+  });
+  return table;
+}
+
 function renderFigures() {
   const values = figures(), box = $("figure-tables");
   box.replaceChildren(element("p", { class: "hint" }, `${KINDS[state.kind].title}` +
     `${state.merge ? ", subwords merged into words" : ""}; definitions in the legend below.`));
   for (const [key, title] of FIGURES) {
-    if (!values[key]) continue;
-    const table = element("table", { class: "figure-table", "data-figure": key });
-    table.append(element("caption", {}, title));
-    const header = element("tr");
-    header.append(element("th"), ...values[key][0].map((_, h) => element("th", {}, `head ${h + 1}`)));
-    table.append(header);
-    values[key].forEach((heads, l) => {
-      const tr = element("tr");
-      tr.append(element("th", {}, `layer ${l + 1}`));
-      tr.append(...heads.map((v) => element("td", {}, v === null ? "\u2013" : v.toFixed(3))));
-      table.append(tr);
-    });
-    box.append(table);
+    if (values[key]) box.append(figureTable(key, title, values[key], (v) => v.toFixed(3)));
   }
+  if (!REPORT) return;
+  const layers = DATA.model[state.kind === "encoder" ? "encoder_layers" : "decoder_layers"];
+  box.append(...storedFigureTables(Array.from({ length: layers }, (_, l) =>
+    state.heads.map((_, h) => stored(state.kind, l, h))), REPORT, SCALE));
+}
+
+function renderHeadsInfo() {  // once: the stored figures do not change with the choices
+  const box = $("heads-info"), warning = $("heads-warning");
+  box.hidden = !REPORT;
+  warning.textContent = REPORT ? stepWarning(REPORT, DATA.run, DATA.checkpoint_step) : "";
+  warning.hidden = !warning.textContent;
+  if (REPORT) box.replaceChildren(...reportSummary(REPORT, DATA.run, SCALE));
 }
 
 function render() {
@@ -337,7 +409,8 @@ function setUp() {
   for (const tab of document.querySelectorAll(".tab")) {
     tab.addEventListener("click", () => update({ view: tab.dataset.view }));
   }
-  window.mhaState = Object.assign(state, { data: DATA, current, figures, update });
+  window.mhaState = Object.assign(state, { data: DATA, current, figures, update, stored });
+  renderHeadsInfo();
   render();
 }
 
