@@ -7,19 +7,23 @@ decoder masked self-attention and encoder-decoder attention, each layer and head
 and needs nothing from any server.
 
 The JSON (`format` 1): run, checkpoint, beam, model {d_model, heads, encoder_layers,
-decoder_layers} and sentences, each with
+decoder_layers}, warnings (the unknown characters' warning, as the CLI words it, or none) and
+sentences, each with
     text, translation; src (S labels: source pieces and EOS); tgt_in (T labels: BOS and output);
     tgt_out (T labels: output and EOS); weights {encoder (L, H, S, S), decoder (L, H, T, T),
     cross (L, H, T, S)}, 4 decimals; steps: T of {chosen, candidates [[piece, p] x 5] and,
     with a beam, beams [[text, log-probability], ...]}.
 Row t of decoder and cross weights is the position that reads tgt_in[t] and predicts tgt_out[t].
 An empty line is shown as the model sees it, EOS alone (`mha translate` skips such lines).
+`mha serve` gives the same JSON for each typed sentence (POST /explore) and serves the page in
+live mode (live.js added: a text box, and the server's answers replace the page's data).
 """
 
 from __future__ import annotations
 
 import html
 import json
+import logging
 import re
 from importlib.resources import files
 from pathlib import Path
@@ -32,13 +36,16 @@ from mha.data.tokenizer import Tokenizer
 from mha.inference.checkpoint import resolve
 from mha.inference.pictures import attention_weights
 from mha.inference.run import load_model
-from mha.inference.translate import warn_unknown_characters
+from mha.inference.translate import unknown_message
 from mha.model.transformer import Transformer
+
+log = logging.getLogger(__name__)
 
 MAX_SENTENCES = 100
 DECIMALS = 4
 CANDIDATES = 5
 PAGE_FILES = ("page.html", "page.css", "figures.js", "page.js")
+LIVE_FILE = "live.js"  # the live page's data source: the text box and POST /explore
 
 
 def check_request(texts: list[str], output: Path) -> None:
@@ -100,11 +107,12 @@ def _rounded(weights: Tensor) -> list:
     return [[[int(w) if w in (0.0, 1.0) else w for w in row] for row in head] for head in heads]
 
 
-def page_html(data: dict, title: str = "mha explore") -> str:
-    """The page: HTML with its CSS, JavaScript and `data` (as JSON) inline."""
+def page_html(data: dict, title: str = "mha explore", *, live: bool = False) -> str:
+    """The page: HTML with its CSS, JavaScript and `data` (as JSON) inline; `live` adds the
+    text box that asks `mha serve` for each typed sentence's JSON."""
     folder = files("mha.inference") / "explore_page"
     template, css, *scripts = (folder.joinpath(name).read_text(encoding="utf-8")
-                               for name in PAGE_FILES)
+                               for name in PAGE_FILES + ((LIVE_FILE,) if live else ()))
     # "<" only occurs inside JSON strings, where \u003c is the same character; so no
     # "</script>" in a sentence can end the block early
     payload = json.dumps(data, ensure_ascii=False, separators=(",", ":")).replace("<", "\\u003c")
@@ -126,15 +134,25 @@ def explore(
     resolve(Path(run_dir), which)  # a folder that is not a run fails first, and fast
     check_request(texts, output)
     model, tokenizer, cfg = load_model(run_dir, which, device)
-    warn_unknown_characters(tokenizer, texts, name)
-    beam = beam or cfg.decode.beam
-    m = cfg.model
-    data = {
-        "format": 1, "run": str(run_dir), "checkpoint": which, "beam": beam,
-        "model": {"d_model": m.d_model, "heads": m.heads, "encoder_layers": m.encoder_layers,
-                  "decoder_layers": m.decoder_layers},
-        "sentences": [collect(model, tokenizer, text, cfg.decode, beam) for text in texts],
-    }
+    data = page_data(model, tokenizer, cfg.decode, texts, run_dir=run_dir, which=which,
+                     beam=beam or cfg.decode.beam, name=name)
+    for warning in data["warnings"]:
+        log.warning("%s", warning)
     page = page_html(data, f"mha explore: {run_dir}").encode("utf-8")
     atomic_write(output, lambda file: file.write(page))
     return data
+
+
+def page_data(model: Transformer, tokenizer: Tokenizer, decode_cfg: DecodeConfig,
+              texts: list[str], *, run_dir: Path, which: str, beam: int, name: str) -> dict:
+    """The page's JSON for `texts` (see the module docstring); `name` says where they came from
+    in the unknown characters' warning. `mha explore` and `mha serve` both build it here."""
+    unknown = tokenizer.unknown_characters(texts)
+    m = model.cfg
+    return {
+        "format": 1, "run": str(run_dir), "checkpoint": which, "beam": beam,
+        "model": {"d_model": m.d_model, "heads": m.heads, "encoder_layers": m.encoder_layers,
+                  "decoder_layers": m.decoder_layers},
+        "warnings": [unknown_message(unknown, name)] if unknown else [],
+        "sentences": [collect(model, tokenizer, text, decode_cfg, beam) for text in texts],
+    }
