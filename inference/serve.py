@@ -56,9 +56,6 @@ class LimitError(HTTPException):
 def create_app(service: Service, limits: Limits, *, window: float, max_batch: int) -> FastAPI:
     """The app; the batcher starts with it and, after the last request, stops with it."""
     batcher = Batcher(service.translate, window=window, max_batch=max_batch)
-    info = service.info(asdict(limits) | {"max_body": limits.max_body},
-                        {"window": window, "max_batch": max_batch})
-    page = service.page() if service.explorable else None
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -72,7 +69,14 @@ def create_app(service: Service, limits: Limits, *, window: float, max_batch: in
                   description="Translate with an mha run and see its attention.")
     app.add_middleware(BodyLimit, limit=limits.max_body)
     _add_error_handlers(app)
+    _add_model_routes(app, service, batcher, limits)
+    info = service.info(asdict(limits) | {"max_body": limits.max_body},
+                        {"window": window, "max_batch": max_batch})
+    _add_run_routes(app, service, batcher, info)
+    return app
 
+
+def _add_model_routes(app: FastAPI, service: Service, batcher: Batcher, limits: Limits) -> None:
     @app.post("/translate")
     async def translate(request: TranslateRequest) -> dict:
         """Translate sentences; concurrent requests are decoded in shared batches."""
@@ -92,6 +96,10 @@ def create_app(service: Service, limits: Limits, *, window: float, max_batch: in
         body = await batcher.run(service.explore, service.options(request), request.text)
         return Response(body, media_type="application/json")
 
+
+def _add_run_routes(app: FastAPI, service: Service, batcher: Batcher, info: dict) -> None:
+    page = service.page() if service.explorable else None
+
     @app.get("/", response_class=HTMLResponse)
     async def live_page() -> str:
         """The explore page in live mode: type a sentence, see every attention weight."""
@@ -107,6 +115,7 @@ def create_app(service: Service, limits: Limits, *, window: float, max_batch: in
 
     @app.get("/info")
     async def run_info() -> dict:
+        """The run: engine, checkpoint, step, config, tokenizer sizes, limits, batching."""
         return info
 
     @app.get("/stats")
@@ -114,8 +123,6 @@ def create_app(service: Service, limits: Limits, *, window: float, max_batch: in
         """Batching counters: requests, sentences, batches, largest_batch, calls (other
         work on the model's thread), queued and pending (sentences not yet answered)."""
         return batcher.report()
-
-    return app
 
 
 def check_limits(texts: list[str], limits: Limits) -> None:
