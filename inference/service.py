@@ -114,11 +114,11 @@ class Service:
         if self.explorable:
             path = checkpoint.resolve(self.run_dir, self.which)
             state = checkpoint.load(path)
-            step, config, engine = state["step"], dict(state["config"]), "mha"
+            engine, step, config = "mha", state["step"], dict(state["config"])
             config["decode"] = to_dict(self.decode)  # with RUN/decode.yaml's tuned choice
         else:  # an exported model: its folder holds the config, not the step
-            path, step, config, engine = self.engine.folder, None, to_dict(self.engine.cfg), \
-                "ctranslate2"
+            engine, step, config = "ctranslate2", None, to_dict(self.engine.cfg)
+            path = self.engine.folder
         return {"run": str(self.run_dir), "engine": engine, "checkpoint": str(path),
                 "step": step, "config": config,
                 "tokenizer": {"joint": tok.joint, "src_vocab_size": tok.src_vocab_size,

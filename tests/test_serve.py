@@ -200,6 +200,19 @@ def test_a_signal_drains_the_request_in_flight_and_exits_0(tiny_run, tmp_path, s
         server.log.read_text())
 
 
+def test_the_ctranslate2_engine_serves_the_exported_models_translations(run_copy, tmp_path):
+    pytest.importorskip("ctranslate2")
+    assert invoke("export", run_copy, "--to", "ctranslate2").exit_code == 0
+    expected = cli(run_copy, "--engine", "ctranslate2", *TEXTS)
+    server = start_server(run_copy, tmp_path, "--engine", "ctranslate2")
+    status, answer = server.post("/translate", {"text": TEXTS})
+    assert status == 200 and [t["text"] for t in answer["translations"]] == expected
+    assert all(isinstance(t["score"], float) for t in answer["translations"][:-1])
+    assert server.get("/info")[1]["engine"] == "ctranslate2"
+    assert server.post("/explore", {"text": "x"})[0] == server.get("/")[0] == 501
+    assert stop_server(server) == 0
+
+
 def test_bad_options_are_one_error_line(tiny_run, tmp_path):
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))

@@ -37,7 +37,7 @@ def test_a_typed_sentence_is_translated_and_drawn_in_every_view(live, served, tm
     page = live.page
     assert not page.is_visible("nav") and state(live, "data.sentences.length") == 0
     ask(live, SENTENCES[0])
-    status, answer = served.post("/translate", {"text": [SENTENCES[0]]})
+    answer = served.post("/translate", {"text": [SENTENCES[0]]})[1]
     assert page.inner_text("#output-text") == answer["translations"][0]["text"]
     assert page.inner_text("#source-text") == SENTENCES[0]
     show(live, view="head")
