@@ -22,15 +22,15 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from fixed_runs import test_eval, train_all  # noqa: E402
+from fixed_runs import test_eval, train_all
 
-from mha.configs.schema import from_dict  # noqa: E402
-from mha.inference import checkpoint  # noqa: E402
-from mha.inference.heads import loss_batches, summed_token_loss  # noqa: E402
-from mha.data.tokenizer import Tokenizer  # noqa: E402
-from mha.model.attention import AttentionRecorder, MultiHeadAttention  # noqa: E402
-from mha.model.masks import padding_mask  # noqa: E402
-from mha.model.transformer import Transformer  # noqa: E402
+from mha.configs.schema import from_dict
+from mha.data.tokenizer import Tokenizer
+from mha.inference import checkpoint
+from mha.inference.heads import loss_batches, summed_token_loss
+from mha.model.attention import AttentionRecorder, MultiHeadAttention
+from mha.model.masks import padding_mask
+from mha.model.transformer import Transformer
 
 ONE_HOT = 0.99
 
@@ -54,7 +54,8 @@ def measure(model: Transformer, batches: list) -> dict:
         with AttentionRecorder(model) as weights:
             loss, _ = summed_token_loss(model, (src_ids, tgt_in, tgt_out))
         loss.backward()
-        src_real, tgt_real = ~padding_mask(src_ids, Tokenizer.PAD), tgt_in.ne(Tokenizer.PAD)  # (B, S), (B, T)
+        src_real = ~padding_mask(src_ids, Tokenizer.PAD)  # (B, S)
+        tgt_real = tgt_in.ne(Tokenizer.PAD)  # (B, T)
         for name, w in weights.items():  # (B, H, Tq, Tk)
             queries = src_real if name.startswith("encoder") else tgt_real
             p = w.detach().transpose(1, 2)[queries]  # (rows, H, Tk): real query rows only
@@ -93,7 +94,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     names = {True: "h4_s{}", False: "noscale_h4_s{}"}
-    runs = {names[scaled].format(s): ["model.heads=4", f"model.attention_scale={str(scaled).lower()}",
+    runs = {names[scaled].format(s): ["model.heads=4", f"model.attention_scale={scaled}".lower(),
                                       *args.sets] for scaled in names for s in args.seeds}
     train_all(args.out, runs, args.steps, {n: int(n.rsplit("s", 1)[1]) for n in runs}, args.jobs)
     table = {}
@@ -105,18 +106,21 @@ def main() -> None:
 
 
 def spread(values: list[float], digits: int) -> str:
-    return f"{statistics.mean(values):.{digits}f} ({min(values):.{digits}f}-{max(values):.{digits}f})"
+    low, high = min(values), max(values)
+    return f"{statistics.mean(values):.{digits}f} ({low:.{digits}f}-{high:.{digits}f})"
 
 
 def write(args, table) -> None:
     steps = sorted(table[True][0][0])
-    lines = [f"1/sqrt(d_k) on and off: the `quick` setting (h 4, d_k 32) at a fixed {args.steps} "
+    lines = [(f"1/sqrt(d_k) on and off: the `quick` setting (h 4, d_k 32) at a fixed {args.steps} "
              f"updates, seeds {', '.join(map(str, args.seeds))}: mean (min-max) over the seeds. "
              f"Measured on the first {args.limit} validation sentences, teacher forced, at the "
              "snapshot of each validation; entropy in nats over every head, layer and kind (a "
-             f"uniform row over n keys has log n); one-hot: rows whose largest weight >= {ONE_HOT}; "
+             f"uniform row over n keys has log n); one-hot: rows whose largest weight >= "
+             f"{ONE_HOT}; "
              "gradient norms of the plain cross-entropy summed over those sentences. Command: "
-             "`python bench/attention_scale.py`.", "",
+             "`python bench/attention_scale.py`."),
+             "",
              "| step | scale | attention entropy | one-hot rows | grad norm W_Q | grad norm W_K |",
              "|---|---|---|---|---|---|"]
     for step in steps:
@@ -125,7 +129,8 @@ def write(args, table) -> None:
             lines.append(f"| {step} | {'1/sqrt(d_k)' if scaled else 'none'} | "
                          f"{spread([m['entropy'] for m in at], 3)} | "
                          f"{spread([100 * m['one_hot'] for m in at], 1)}% | "
-                         f"{spread([m['w_q'] for m in at], 3)} | {spread([m['w_k'] for m in at], 3)} |")
+                         f"{spread([m['w_q'] for m in at], 3)} | "
+                         f"{spread([m['w_k'] for m in at], 3)} |")
     lines += ["", "| scale | test BLEU (greedy, last weights) | seeds |", "|---|---|---|"]
     for scaled in (True, False):
         bleus = table[scaled][1]

@@ -24,13 +24,13 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).parent))
-from attention_scale import unfused_model  # noqa: E402
+from attention_scale import unfused_model
 
-from mha.data.tokenizer import Tokenizer  # noqa: E402
-from mha.inference import checkpoint  # noqa: E402
-from mha.inference.heads import loss_batches  # noqa: E402
-from mha.model.attention import AttentionRecorder, MultiHeadAttention  # noqa: E402
-from mha.model.masks import padding_mask  # noqa: E402
+from mha.data.tokenizer import Tokenizer
+from mha.inference import checkpoint
+from mha.inference.heads import loss_batches
+from mha.model.attention import AttentionRecorder, MultiHeadAttention
+from mha.model.masks import padding_mask
 
 KINDS = {"self_attn": "decoder", "cross_attn": "cross"}
 
@@ -125,11 +125,13 @@ def main() -> None:
     batches = loss_batches(args.run, "val", args.limit, 32, model.cfg.max_tokens,
                            torch.device("cpu"))
     mixing, norms, cosines = measure(model, batches)
-    lines = [f"Claims measured on {args.run.name} (best.pt, step {state['step']}), teacher forced "
+    lines = [(f"Claims measured on {args.run.name} (best.pt, step {state['step']}), teacher forced "
              f"on the first {args.limit} validation sentences. Command: "
-             f"`python bench/claims.py {args.run}`.", "",
-             "| attention | mixing ratio ‖Σ a v‖ / Σ a ‖v‖: mean over heads (min-max) "
-             "| output norm / input norm: mean over layers (min-max) |", "|---|---|---|"]
+             f"`python bench/claims.py {args.run}`."),
+             "",
+             ("| attention | mixing ratio ‖Σ a v‖ / Σ a ‖v‖: mean over heads (min-max) "
+              "| output norm / input norm: mean over layers (min-max) |"),
+             "|---|---|---|"]
     for kind in ("encoder", "decoder", "cross"):
         mix = [v for (k, _, _), v in mixing.items() if k == kind]
         out = [v for name, v in norms.items() if kind_of(name) == kind]
@@ -138,10 +140,10 @@ def main() -> None:
     lines += ["", f"Pieces seen at least 5 times in those sentences: {cosines['pieces']}.", "",
               "| vectors | cosine, two occurrences of one piece | cosine, two different pieces |",
               "|---|---|---|",
-              f"| encoder input (embedding x sqrt(d) + position) | {cosines['same_input']:.3f} | "
-              f"{cosines['different_input']:.3f} |",
-              f"| encoder output | {cosines['same_output']:.3f} | "
-              f"{cosines['different_output']:.3f} |"]
+              (f"| encoder input (embedding x sqrt(d) + position) | {cosines['same_input']:.3f} "
+               f"| {cosines['different_input']:.3f} |"),
+              (f"| encoder output | {cosines['same_output']:.3f} | "
+               f"{cosines['different_output']:.3f} |")]
     args.results.write_text("\n".join(lines) + "\n", encoding="utf-8")
     print("\n".join(lines))
 

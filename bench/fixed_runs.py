@@ -46,7 +46,7 @@ def train_all(out: Path, runs: dict[str, list[str]], steps: int, seed_of: dict[s
                 *fixed_sets(steps, seed_of[name], runs[name]), *resume]
         log_path = out / f"{name}.train.log"
         with open(log_path, "a", encoding="utf-8") as log:
-            done = subprocess.run(args, stdout=log, stderr=subprocess.STDOUT,
+            done = subprocess.run(args, check=False, stdout=log, stderr=subprocess.STDOUT,
                                   env={**os.environ, "OMP_NUM_THREADS": "1"})
         if done.returncode:
             last = log_path.read_text().strip().splitlines()[-1:]

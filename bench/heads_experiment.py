@@ -10,7 +10,8 @@ seed by seed. Writes the table to bench/results_heads.md and the picture to docs
 
     MHA_DATA_DIR=../shared/data/multi30k python bench/heads_experiment.py     # about 2 hours
     python bench/heads_experiment.py --heads 1 2 --seeds 1 2 --steps 20 --prune-limit 20 \
-      --set train.warmup_steps=5 --set train.eval_every=10 --out /tmp/h --results /tmp/h/results.md --picture /tmp/h/heads.png       # a smoke test
+      --set train.warmup_steps=5 --set train.eval_every=10 --out /tmp/h \
+      --results /tmp/h/results.md --picture /tmp/h/heads.png       # a smoke test
 
 Runs live in --out (default runs/fixed, shared with bench/attention_scale.py); a finished run is
 kept, a stopped one resumes, so the script can be run again after an interruption.
@@ -29,14 +30,14 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-from sacrebleu.metrics import BLEU  # noqa: E402
-from sacrebleu.significance import PairedTest  # noqa: E402
+import matplotlib.pyplot as plt
+from sacrebleu.metrics import BLEU
+from sacrebleu.significance import PairedTest
 
-from mha.inference.evaluate import eval_set  # noqa: E402
+from mha.inference.evaluate import eval_set
 
 sys.path.insert(0, str(Path(__file__).parent))
-from fixed_runs import test_eval, train_all, validations  # noqa: E402
+from fixed_runs import test_eval, train_all, validations
 
 
 def name(h: int, seed: int) -> str:
@@ -118,8 +119,8 @@ def write_table(args, rows, best: int, significance: list[str]) -> None:
             f"{' / '.join(f'{b:.2f}' for b in bleus)} | {statistics.mean(losses):.3f} | "
             f"{len(heads['heads'])} | {go['0.5']} | {go['1.0']} | "
             f"{'-' if rho is None else f'{rho:.2f}'} |")
-    lines += ["", f"Best mean: h = {best}. Paired bootstrap (sacreBLEU, 1,000 resamples) of h = "
-              f"{best} against h = 1 on the same seed:", ""]
+    lines += ["", (f"Best mean: h = {best}. Paired bootstrap (sacreBLEU, 1,000 resamples) of "
+                   f"h = {best} against h = 1 on the same seed:"), ""]
     lines += [f"- {line}" for line in significance] or ["- (not run: h = 1 is the best or absent)"]
     args.results.write_text("\n".join(lines) + "\n", encoding="utf-8")
     print("\n".join(lines))

@@ -52,8 +52,8 @@ class CTranslate2Engine:
         self.folder = model_folder(Path(path))
         self.cfg = load_config(self.folder / export.CONFIG_FILE)
         self.tokenizer = Tokenizer.load(self.folder)
-        self.source_pieces, target_pieces = vocabularies(self.tokenizer)
-        self.target_ids = {piece: i for i, piece in enumerate(target_pieces)}
+        self.source_pieces, self.target_pieces = vocabularies(self.tokenizer)
+        self.target_ids = {piece: i for i, piece in enumerate(self.target_pieces)}
         self.max_tokens = self.cfg.model.max_tokens
         on = pick_device(device, cuda=ct2.get_cuda_device_count() > 0).type
         try:
@@ -67,6 +67,13 @@ class CTranslate2Engine:
         """Beam search ranks endings by the length cap: its batches hold sentences with one cap
         (sources come sorted by length, so equal caps are neighbours)."""
         return self.length_caps(sources) if beam > 1 and sources else [0] * len(sources)
+
+    def score_ids(self, sources: list[list[int]], outputs: list[list[int]]) -> list[float]:
+        """CTranslate2's teacher-forced log-probabilities of each output and EOS, summed."""
+        results = self.translator.score_batch(
+            [[self.source_pieces[t] for t in ids[:-1]] for ids in sources],  # </s> is added back
+            [[self.target_pieces[t] for t in ids] for ids in outputs], max_input_length=0)
+        return [sum(result.log_probs) for result in results]
 
     def decode_ids(self, sources: list[list[int]], *, beam: int) -> list[list[int]]:
         """Source ids (ending in EOS) -> output ids without EOS, each within its length cap."""

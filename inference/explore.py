@@ -7,7 +7,8 @@ decoder masked self-attention and encoder-decoder attention, each layer and head
 and needs nothing from any server.
 
 The JSON (`format` 1): run, checkpoint, beam, model {d_model, heads, encoder_layers,
-decoder_layers} and sentences, each with
+decoder_layers}, warnings (the unknown characters' warning, as the CLI words it, or none) and
+sentences, each with
     text, translation; src (S labels: source pieces and EOS); tgt_in (T labels: BOS and output);
     tgt_out (T labels: output and EOS); weights {encoder (L, H, S, S), decoder (L, H, T, T),
     cross (L, H, T, S)}, 4 decimals; steps: T of {chosen, candidates [[piece, p] x 5] and,
@@ -19,6 +20,8 @@ When the run holds RUN/heads.json (`mha heads`), the JSON also has checkpoint_st
 checkpoint) and heads: that report's checked fields (HeadReport), which the page shows beside
 each head. A file that does not parse, fails the check or describes another model's heads is
 left out with one warning.
+`mha serve` gives the same JSON for each typed sentence (POST /explore) and serves the page in
+live mode (live.js added: a text box, and the server's answers replace the page's data).
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ from mha.data.tokenizer import Tokenizer
 from mha.inference import checkpoint
 from mha.inference.pictures import attention_weights
 from mha.inference.run import load_model
-from mha.inference.translate import warn_unknown_characters
+from mha.inference.translate import unknown_message
 from mha.model.transformer import Transformer
 
 log = logging.getLogger(__name__)
@@ -50,6 +53,7 @@ DECIMALS = 4
 CANDIDATES = 5
 PAGE_FILES = ("page.html", "page.css", "figures.js", "importance.js", "page.js")
 HEADS_FILE = "heads.json"
+LIVE_FILE = "live.js"  # the live page's data source: the text box and POST /explore
 
 
 def check_request(texts: list[str], output: Path) -> None:
@@ -201,11 +205,12 @@ def _skip(path: Path, problem: str) -> None:
                 path, problem, path.parent)
 
 
-def page_html(data: dict, title: str = "mha explore") -> str:
-    """The page: HTML with its CSS, JavaScript and `data` (as JSON) inline."""
+def page_html(data: dict, title: str = "mha explore", *, live: bool = False) -> str:
+    """The page: HTML with its CSS, JavaScript and `data` (as JSON) inline; `live` adds the
+    text box that asks `mha serve` for each typed sentence's JSON."""
     folder = files("mha.inference") / "explore_page"
     template, css, *scripts = (folder.joinpath(name).read_text(encoding="utf-8")
-                               for name in PAGE_FILES)
+                               for name in PAGE_FILES + ((LIVE_FILE,) if live else ()))
     # "<" only occurs inside JSON strings, where \u003c is the same character; so no
     # "</script>" in a sentence can end the block early
     payload = json.dumps(data, ensure_ascii=False, separators=(",", ":")).replace("<", "\\u003c")
@@ -227,16 +232,26 @@ def explore(
     checkpoint.resolve(Path(run_dir), which)  # a folder that is not a run fails first, and fast
     check_request(texts, output)
     model, tokenizer, cfg = load_model(run_dir, which, device)
-    warn_unknown_characters(tokenizer, texts, name)
-    beam = beam or cfg.decode.beam
-    m = cfg.model
-    data = {
-        "format": 1, "run": str(run_dir), "checkpoint": which, "beam": beam,
-        "model": {"d_model": m.d_model, "heads": m.heads, "encoder_layers": m.encoder_layers,
-                  "decoder_layers": m.decoder_layers},
-    }
+    data = page_data(model, tokenizer, cfg.decode, texts, run_dir=run_dir, which=which,
+                     beam=beam or cfg.decode.beam, name=name)
     data.update(head_figures(run_dir, which, data["model"]))
-    data["sentences"] = [collect(model, tokenizer, text, cfg.decode, beam) for text in texts]
+    for warning in data["warnings"]:
+        log.warning("%s", warning)
     page = page_html(data, f"mha explore: {run_dir}").encode("utf-8")
     atomic_write(output, lambda file: file.write(page))
     return data
+
+
+def page_data(model: Transformer, tokenizer: Tokenizer, decode_cfg: DecodeConfig,
+              texts: list[str], *, run_dir: Path, which: str, beam: int, name: str) -> dict:
+    """The page's JSON for `texts` (see the module docstring); `name` says where they came from
+    in the unknown characters' warning. `mha explore` and `mha serve` both build it here."""
+    unknown = tokenizer.unknown_characters(texts)
+    m = model.cfg
+    return {
+        "format": 1, "run": str(run_dir), "checkpoint": which, "beam": beam,
+        "model": {"d_model": m.d_model, "heads": m.heads, "encoder_layers": m.encoder_layers,
+                  "decoder_layers": m.decoder_layers},
+        "warnings": [unknown_message(unknown, name)] if unknown else [],
+        "sentences": [collect(model, tokenizer, text, decode_cfg, beam) for text in texts],
+    }

@@ -43,6 +43,10 @@ class Engine(Protocol):
     def batch_keys(self, sources: list[list[int]], *, beam: int) -> list[int]:
         """Per source, a key that must be equal within a batch (so a batch may end early)."""
 
+    def score_ids(self, sources: list[list[int]], outputs: list[list[int]]) -> list[float]:
+        """One batch: the log-probability (natural log) of each output followed by EOS, given
+        its source: the sum over its tokens, as the model scores them teacher-forced."""
+
 
 class MhaEngine:
     """mha's own decoder: greedy (beam 1, with or without the KV cache) or beam search (whose
@@ -55,10 +59,7 @@ class MhaEngine:
 
     def decode_ids(self, sources: list[list[int]], *, beam: int) -> list[list[int]]:
         model, cfg = self.model, self.decode_cfg
-        src_ids = torch.full((len(sources), max(map(len, sources))), model.pad_id)  # (B, S)
-        for row, ids in enumerate(sources):
-            src_ids[row, :len(ids)] = torch.tensor(ids)  # padded on the right
-        src_ids = src_ids.to(next(model.parameters()).device)
+        src_ids = _padded(sources, model.pad_id).to(next(model.parameters()).device)  # (B, S)
         limits = {"bos": Tokenizer.BOS, "eos": Tokenizer.EOS, "max_len_a": cfg.max_len_a,
                   "max_len_b": cfg.max_len_b}
         if beam > 1:
@@ -68,6 +69,26 @@ class MhaEngine:
 
     def batch_keys(self, sources: list[list[int]], *, beam: int) -> list[int]:
         return [0] * len(sources)  # any sentences may share a batch
+
+    @torch.no_grad()
+    def score_ids(self, sources: list[list[int]], outputs: list[list[int]]) -> list[float]:
+        model, pad = self.model, self.model.pad_id
+        device = next(model.parameters()).device
+        src_ids = _padded(sources, pad).to(device)  # (B, S)
+        tgt_in = _padded([[Tokenizer.BOS, *ids] for ids in outputs], pad).to(device)  # (B, T)
+        tgt_out = _padded([[*ids, Tokenizer.EOS] for ids in outputs], pad).to(device)  # (B, T)
+        # decoder self-attention is causal: padding after an output changes none of its steps
+        log_probs = model(src_ids, tgt_in).float().log_softmax(dim=-1)  # (B, T, V)
+        token = log_probs.gather(-1, tgt_out[..., None]).squeeze(-1)  # (B, T)
+        return token.masked_fill(tgt_out.eq(pad), 0.0).sum(dim=-1).tolist()
+
+
+def _padded(rows: list[list[int]], pad: int) -> torch.Tensor:
+    """Lists of ids -> (B, longest), padded on the right."""
+    ids = torch.full((len(rows), max(map(len, rows))), pad)
+    for row, values in enumerate(rows):
+        ids[row, :len(values)] = torch.tensor(values)
+    return ids
 
 
 def translate_lines(engine: Engine, lines: Iterable[str], *, batch_size: int,
@@ -95,14 +116,22 @@ def translate_chunk(engine: Engine, lines: list[str], *, batch_size: int, beam: 
     warning naming its line (counted from first_line).
     """
     sources = encode_sources(engine.tokenizer, lines, engine.max_tokens, first_line)
+    outputs = decode_sources(engine, sources, batch_size=batch_size, beam=beam)
+    return [engine.tokenizer.decode_tgt(ids) if ids is not None else "" for ids in outputs]
+
+
+def decode_sources(engine: Engine, sources: list[list[int]], *, batch_size: int,
+                   beam: int) -> list[list[int] | None]:
+    """Output ids per source (None for an empty one, which skips the engine), decoded in batches
+    of sources of similar length; in input order."""
     order = sorted((i for i, ids in enumerate(sources) if ids), key=lambda i: -len(sources[i]))
     keys = dict(zip(order, engine.batch_keys([sources[i] for i in order], beam=beam)))
-    out = [""] * len(lines)
+    out: list[list[int] | None] = [None] * len(sources)
     batch: list[int] = []
     for i in [*order, None]:  # None: the end, which closes the last batch
         if batch and (i is None or len(batch) == batch_size or keys[i] != keys[batch[0]]):
             for j, ids in zip(batch, engine.decode_ids([sources[j] for j in batch], beam=beam)):
-                out[j] = engine.tokenizer.decode_tgt(ids)
+                out[j] = ids
             batch = []
         batch.append(i)
     return out
@@ -133,14 +162,18 @@ def warn_unknown_characters(tokenizer: Tokenizer, lines: list[str], where: str) 
     """
     unknown = tokenizer.unknown_characters(lines)
     if unknown:
-        shown = [f"{char!r} U+{ord(char):04X} x{count}"
-                 for char, count in unknown.most_common(UNKNOWN_SHOWN)]
-        more = len(unknown) - UNKNOWN_SHOWN
-        total = sum(unknown.values())
-        log.warning("%s: %d character%s the tokenizer does not know, read as unknown (⁇): %s%s",
-                    where, total, "" if total == 1 else "s", ", ".join(shown),
-                    f" and {more} more" if more > 0 else "")
+        log.warning("%s", unknown_message(unknown, where))
     return unknown
+
+
+def unknown_message(unknown: Counter[str], where: str) -> str:
+    """The warning's text, which `mha serve` also gives its clients: the characters and counts."""
+    shown = [f"{char!r} U+{ord(char):04X} x{count}"
+             for char, count in unknown.most_common(UNKNOWN_SHOWN)]
+    more = len(unknown) - UNKNOWN_SHOWN
+    total = sum(unknown.values())
+    return (f"{where}: {total} character{'' if total == 1 else 's'} the tokenizer does not know, "
+            f"read as unknown (⁇): {', '.join(shown)}{f' and {more} more' if more > 0 else ''}")
 
 
 def warn_unknown_in_chunks(tokenizer: Tokenizer, chunks: Iterable[list[str]],

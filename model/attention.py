@@ -117,9 +117,9 @@ class MultiHeadAttention(nn.Module):
 
 def kernel_attention(q: Tensor, k: Tensor, v: Tensor, blocked: Tensor | None, causal: bool,
                     dropout: float, scale: float | None = None) -> Tensor:
-    """softmax(Q K^T * scale) V (scale None: 1/sqrt(Dk)) by F.scaled_dot_product_attention: (B, H, Tq, Dk) each ->
-    (B, H, Tq, Dk). `blocked` (B|1, 1, Tq, Tk) True where a key is hidden; when it is only the
-    causal mask of a square (`causal`), the kernel builds that itself.
+    """softmax(Q K^T * scale) V (scale None: 1/sqrt(Dk)) by F.scaled_dot_product_attention:
+    (B, H, Tq, Dk) each -> (B, H, Tq, Dk). `blocked` (B|1, 1, Tq, Tk) True where a key is
+    hidden; when it is only the causal mask of a square (`causal`), the kernel builds that itself.
 
     Under CPU bf16 autocast, the attention itself runs in fp32 and the projections around it stay
     bf16: PyTorch's CPU flash-attention kernel runs ~3x slower in bf16 than in fp32 at this

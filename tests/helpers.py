@@ -1,12 +1,14 @@
 """What the test modules share besides fixtures (those are in conftest.py): the tiny training
 config, the one helper that trains a tiny run, the CLI and its one-error-line check, one torch
-thread, torchrun with a hang limit, and the explore page's controls. Not a test module: pytest
-collects nothing here."""
+thread, torchrun with a hang limit, the explore page's controls and a `mha serve` process. Not a
+test module: pytest collects nothing here."""
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import http.client
+import json
 import os
 import signal
 import subprocess
@@ -220,3 +222,70 @@ def numpy_figures(layers: np.ndarray, diagonal: bool) -> dict:
         target = np.floor(np.arange(R) * C / R + 0.5)
         figures["diagonal"] = (layers.argmax(-1) == target).mean(-1)
     return figures
+
+
+@dataclasses.dataclass
+class Served:
+    """A `mha serve` process on a loopback port; its stderr goes to `log`."""
+
+    process: subprocess.Popen
+    url: str
+    port: int
+    log: Path
+
+    def request(self, method: str, path: str, body: object = None,
+                headers: dict | None = None) -> tuple[int, object]:
+        """(status, parsed JSON or text). `body`: bytes as they are, anything else as JSON."""
+        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=120)
+        data = body if isinstance(body, bytes) or body is None else json.dumps(body).encode()
+        connection.request(method, path, body=data,
+                           headers={"Content-Type": "application/json", **(headers or {})})
+        response = connection.getresponse()
+        raw = response.read()
+        connection.close()
+        if "json" in (response.getheader("content-type") or ""):
+            return response.status, json.loads(raw)
+        return response.status, raw.decode("utf-8")
+
+    def post(self, path: str, body: object) -> tuple[int, object]:
+        return self.request("POST", path, body)
+
+    def get(self, path: str) -> tuple[int, object]:
+        return self.request("GET", path)
+
+
+def start_server(run: Path, folder: Path, *args: str) -> Served:
+    """`python -m mha.cli serve RUN --port 0` on one torch thread; returns once it prints its
+    address (the model is loaded; requests wait in the socket's backlog until it accepts)."""
+    log = folder / f"serve{len(list(folder.glob('serve*.log')))}.log"
+    with log.open("w") as stderr:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "mha.cli", "serve", str(run), "--port", "0", "--device", "cpu",
+             *args], stdout=subprocess.PIPE, stderr=stderr, text=True,
+            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    line = process.stdout.readline()  # "serving RUN at http://127.0.0.1:PORT/ ...", or EOF
+    if " at http://" not in line:
+        process.kill()
+        pytest.fail(f"mha serve did not start: {line}{log.read_text()[-3000:]}")
+    url = line.split(" at ")[1].split()[0]
+    return Served(process, url, int(url.rsplit(":", 1)[1].rstrip("/")), log)
+
+
+def stop_server(served: Served, signum: int = signal.SIGTERM, timeout: float = 60) -> int:
+    """Signal it and wait for its exit code; a hang kills it and fails."""
+    if served.process.poll() is None:
+        served.process.send_signal(signum)
+    try:
+        return served.process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        served.process.kill()
+        pytest.fail(f"mha serve still running {timeout} s after {signal.Signals(signum).name}")
+
+
+def wait_until(condition, what: str, timeout: float = 60) -> None:
+    """Until condition() holds (a condition, not a timing); the timeout fails the test."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"still waiting after {timeout} s for {what}")
+        time.sleep(0.02)

@@ -89,6 +89,16 @@ def test_top2_margin_is_the_gap_between_mha_best_two_logits_where_outputs_part(l
     assert top2_margin(model, src_ids, ours, [8]) == pytest.approx(float(first[0] - first[1]))
 
 
+def test_ctranslate2_scores_outputs_as_mha_does(ct2, exported, loaded):
+    model, tokenizer, cfg = loaded
+    ours = MhaEngine(model, tokenizer, cfg.decode)
+    sources = [tokenizer.encode_src([text])[0] for text in SENTENCES]
+    outputs = [ours.decode_ids([ids], beam=1)[0] for ids in sources]
+    outputs[1] = outputs[1][:2]  # any output, not only the one the model chose
+    theirs = CTranslate2Engine(exported, threads=1).score_ids(sources, outputs)
+    assert theirs == pytest.approx(ours.score_ids(sources, outputs), abs=1e-3)
+
+
 def test_engine_commands_translate_and_score_like_mha(ct2, run_copy, loaded, small_corpus):
     assert invoke("export", run_copy, "--to", "ctranslate2").exit_code == 0
     lines = [SENTENCES[0], "", SENTENCES[1], SENTENCES[2]]

@@ -33,8 +33,8 @@ from mha.training.precision import check_precision, decide_precision
 from mha.training.schedule import lr_factor, plan_decay
 from mha.training.signals import StopSignal
 from mha.training.state import Progress, Update, restore, rng_state, saved_state
-from mha.training.watch import Watch
 from mha.training.validate import validate, validate_scored
+from mha.training.watch import Watch
 
 log = logging.getLogger(__name__)
 

@@ -383,6 +383,11 @@ function renderHeadsInfo() {  // once: the stored figures do not change with the
 }
 
 function render() {
+  const empty = !DATA.sentences.length;  // the live page before its first sentence
+  for (const part of document.querySelectorAll("header .controls, .pair, nav, main")) {
+    part.style.display = empty ? "none" : "";  // a style: .controls sets display: flex
+  }
+  if (empty) return;
   renderHeader();
   renderModel();
   renderHead();
@@ -395,9 +400,21 @@ function update(patch) {
   render();
 }
 
-function setUp() {
+function listSentences() {
   $("sentence").replaceChildren(...DATA.sentences.map((s, i) =>
     element("option", { value: i }, `${i + 1}. ${(s.text || "(empty line)").slice(0, 70)}`)));
+}
+
+// Another source of the page's JSON (live.js: the server's answers) replaces it and shows
+// sentence `index`; the views redraw from it as from the inline block.
+function show(data, index = 0) {
+  Object.assign(DATA, data);
+  listSentences();
+  update({ sentence: index, step: 0, enlarged: null, hover: null });
+}
+
+function setUp() {
+  listSentences();
   $("sentence").addEventListener("change", (e) =>
     update({ sentence: Number(e.target.value), step: 0, enlarged: null, hover: null }));
   $("kind").addEventListener("change", (e) =>
@@ -409,7 +426,7 @@ function setUp() {
   for (const tab of document.querySelectorAll(".tab")) {
     tab.addEventListener("click", () => update({ view: tab.dataset.view }));
   }
-  window.mhaState = Object.assign(state, { data: DATA, current, figures, update, stored });
+  window.mhaState = Object.assign(state, { data: DATA, current, figures, update, stored, show });
   renderHeadsInfo();
   render();
 }

@@ -1,0 +1,252 @@
+"""`mha serve` under load, on loopback only, against offline decoding of the same model.
+
+Offline first, in this process: `translate_lines` over the test sentences (the run's test split,
+test_2016_flickr for the Multi30k presets, or --src-file) in batches of the run's
+decode.batch_size, and batch-1 latency (each sentence alone) over the first --latency-count.
+Then `mha serve RUN` in a subprocess on 127.0.0.1 (a free port) with the same torch threads, and
+one asyncio load client on one thread (this process), whose connections each send single
+sentences, one at a time, keep-alive: 1, 8 and 32 concurrent clients, each phase bounded by
+--seconds and --requests. Every answer is checked against the offline translation. The client's
+CPU share (its process time over the phase's wall time) is reported: it shares the cores.
+
+Last, bad input under load: 32 clients, --bad-share of the requests malformed (broken JSON, a
+number for text) or oversize (too many sentences, too long a sentence, a Content-Length over
+max_body sent without its body). Reported: 5xx answers, good requests lost (no 200, or a wrong
+translation), and the server's RSS, median of the phase's last tenth against its first.
+
+    python bench/serve_load.py RUN [--seconds 20] [--requests 5000] [--clients 1,8,32]
+                                   [--threads 1] [--bad-share 0.2] [--src-file F]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+HOST = "127.0.0.1"
+
+
+@dataclass
+class Phase:
+    clients: int
+    sent: int = 0
+    good: int = 0  # good requests answered 200 with the offline translation
+    lost: int = 0  # good requests without a 200, or with another translation
+    bad: int = 0  # malformed or oversize requests sent
+    server_errors: int = 0  # 5xx answers
+    latencies: list[float] = field(default_factory=list)  # seconds, good requests
+    wall: float = 0.0
+    cpu: float = 0.0  # this process's CPU seconds during the phase
+    rss: list[int] = field(default_factory=list)  # server RSS samples, KiB
+
+
+class Connection:
+    """One keep-alive HTTP/1.1 connection; reopened after the server closes it."""
+
+    def __init__(self, port: int) -> None:
+        self.port, self.reader, self.writer = port, None, None
+
+    async def post(self, body: bytes, length: int | None = None) -> int:
+        """POST /translate; returns the status and keeps the answer in self.answer."""
+        if self.writer is None:
+            self.reader, self.writer = await asyncio.open_connection(HOST, self.port)
+        head = (f"POST /translate HTTP/1.1\r\nHost: {HOST}\r\nContent-Type: application/json\r\n"
+                f"Content-Length: {len(body) if length is None else length}\r\n\r\n")
+        self.writer.write(head.encode() + body)
+        status_line = await self.reader.readline()
+        headers = {}
+        while (line := await self.reader.readline()) not in (b"\r\n", b""):
+            name, value = line.decode().split(":", 1)
+            headers[name.strip().lower()] = value.strip()
+        self.answer = await self.reader.readexactly(int(headers.get("content-length", 0)))
+        if headers.get("connection") == "close" or length is not None or not status_line:
+            self.close()  # a body we never sent leaves the connection unusable
+        return int(status_line.split()[1]) if status_line else 0
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+        self.reader = self.writer = None
+
+
+def bad_request(rng: random.Random, max_chars: int, max_sentences: int,
+                max_body: int) -> tuple[bytes, int | None]:
+    """One malformed or oversize request: (body, Content-Length to claim or None)."""
+    kind = rng.randrange(5)
+    if kind == 0:
+        return b'{"text": ["Ein Hund', None
+    if kind == 1:
+        return b'{"text": [3]}', None
+    if kind == 2:
+        return json.dumps({"text": ["Ein Hund."] * (max_sentences + 1)}).encode(), None
+    if kind == 3:
+        return json.dumps({"text": ["Hund " * (max_chars // 5 + 1)]}).encode(), None
+    return b"", max_body + 1
+
+
+async def load(port: int, lines: list[str], expected: list[str], phase: Phase, seconds: float,
+               requests: int, bad_share: float, limits: dict) -> None:
+    deadline = time.monotonic() + seconds
+    rng = random.Random(0)
+    counter = iter(range(requests))
+
+    async def client() -> None:
+        connection = Connection(port)
+        for n in counter:
+            if time.monotonic() > deadline:
+                break
+            phase.sent += 1
+            if rng.random() < bad_share:
+                phase.bad += 1
+                status = await connection.post(*bad_request(rng, **limits))
+                phase.server_errors += status >= 500
+                continue
+            i = n % len(lines)
+            start = time.perf_counter()
+            status = await connection.post(json.dumps({"text": [lines[i]]}).encode())
+            phase.server_errors += status >= 500
+            ok = status == 200 and json.loads(connection.answer)[
+                "translations"][0]["text"] == expected[i]
+            phase.good += ok
+            phase.lost += not ok
+            if ok:
+                phase.latencies.append(time.perf_counter() - start)
+        connection.close()
+
+    cpu, start = time.process_time(), time.perf_counter()
+    await asyncio.gather(*(client() for _ in range(phase.clients)))
+    phase.wall, phase.cpu = time.perf_counter() - start, time.process_time() - cpu
+
+
+def sample_rss(pid: int, phase: Phase, stop: threading.Event) -> None:
+    while not stop.wait(0.2):
+        status = Path(f"/proc/{pid}/status").read_text()
+        phase.rss.append(int(next(line for line in status.splitlines()
+                                  if line.startswith("VmRSS")).split()[1]))
+
+
+def offline(run: Path, lines: list[str], latency_count: int) -> tuple[list[str], float, list]:
+    """Offline translations, sentences/s in batches, and batch-1 latencies (s)."""
+    from mha.inference.run import load_model
+    from mha.inference.translate import MhaEngine, translate_chunk, translate_lines
+
+    model, tokenizer, cfg = load_model(run, device="cpu")
+    engine = MhaEngine(model, tokenizer, cfg.decode)
+    translate_chunk(engine, lines[:8], batch_size=8, beam=1)  # warm-up
+    start = time.perf_counter()
+    translations = list(translate_lines(engine, lines, batch_size=cfg.decode.batch_size, beam=1))
+    rate = len(lines) / (time.perf_counter() - start)
+    latencies = []
+    for line in lines[:latency_count]:
+        start = time.perf_counter()
+        translate_chunk(engine, [line], batch_size=1, beam=1)
+        latencies.append(time.perf_counter() - start)
+    return translations, rate, latencies
+
+
+def start_server(run: Path, threads: int, extra: list[str]) -> tuple[subprocess.Popen, int]:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "mha.cli", "serve", str(run), "--host", HOST, "--port", "0",
+         "--device", "cpu", *extra], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+        env={**os.environ, "OMP_NUM_THREADS": str(threads)})
+    line = process.stdout.readline()
+    if " at http://" not in line:
+        sys.exit(f"mha serve did not start: {line}")
+    return process, int(line.split(" at ")[1].split()[0].rstrip("/").rsplit(":", 1)[1])
+
+
+def get(port: int, path: str) -> dict:
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://{HOST}:{port}{path}", timeout=60) as response:
+        return json.loads(response.read())
+
+
+def percentile(values: list[float], q: float) -> float:
+    return statistics.quantiles(values, n=100, method="inclusive")[q - 1] if len(values) > 1 \
+        else (values or [float("nan")])[0]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("run", type=Path)
+    parser.add_argument("--src-file", type=Path)
+    parser.add_argument("--seconds", type=float, default=20.0, help="per phase, at most")
+    parser.add_argument("--requests", type=int, default=5000, help="per phase, at most")
+    parser.add_argument("--clients", default="1,8,32")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads, both sides")
+    parser.add_argument("--bad-share", type=float, default=0.2)
+    parser.add_argument("--latency-count", type=int, default=100)
+    parser.add_argument("--serve-args", default="", help="more `mha serve` options, quoted")
+    args = parser.parse_args()
+    import torch
+
+    from mha.data.prepare import load_prepared
+    from mha.inference.provenance import cpu_info
+
+    torch.set_num_threads(args.threads)
+    lines = (args.src_file.read_text(encoding="utf-8").splitlines() if args.src_file
+             else list(load_prepared(args.run).splits["test"]["src"]))
+    expected, offline_rate, offline_latency = offline(args.run, lines, args.latency_count)
+    process, port = start_server(args.run, args.threads, args.serve_args.split())
+    try:
+        while not get(port, "/health")["warm"]:
+            time.sleep(0.1)
+        info = get(port, "/info")["limits"]
+        phases = [Phase(int(n)) for n in args.clients.split(",")] + [Phase(32)]
+        for phase in phases:
+            bad = args.bad_share if phase is phases[-1] else 0.0
+            stop = threading.Event()
+            sampler = threading.Thread(target=sample_rss, args=(process.pid, phase, stop))
+            sampler.start()
+            asyncio.run(load(port, lines, expected, phase, args.seconds, args.requests, bad, info))
+            stop.set()
+            sampler.join()
+        stats = get(port, "/stats")
+    finally:
+        process.terminate()
+        code = process.wait(timeout=120)
+    report(args, cpu_info(), lines, offline_rate, offline_latency, phases, stats, code)
+
+
+def report(args, cpu, lines, offline_rate, offline_latency, phases, stats, code) -> None:
+    name, flags = cpu
+    shown = " ".join(f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in flags)
+    print(f"{name} ({shown}); torch threads {args.threads} (server and offline); "
+          f"{os.cpu_count()} cores; {len(lines)} test sentences; run {args.run}\n")
+    print("| case | sentences/s | x offline batched | p50 ms | p95 ms | client CPU share |")
+    print("|---|---|---|---|---|---|")
+    print(f"| offline, translate_lines, batched | {offline_rate:.1f} | 1.00 | | | |")
+    p50, p95 = (1000 * percentile(offline_latency, q) for q in (50, 95))
+    print(f"| offline, batch 1 | {1 / statistics.mean(offline_latency):.1f} | "
+          f"{1 / statistics.mean(offline_latency) / offline_rate:.2f} | {p50:.1f} | {p95:.1f} | |")
+    for phase in phases[:-1]:
+        rate = phase.good / phase.wall
+        p50, p95 = (1000 * percentile(phase.latencies, q) for q in (50, 95))
+        print(f"| serve, {phase.clients} client{'s' if phase.clients > 1 else ''} | {rate:.1f} | "
+              f"{rate / offline_rate:.2f} | {p50:.1f} | {p95:.1f} | {phase.cpu / phase.wall:.0%} |")
+    bad = phases[-1]
+    tenth = max(1, len(bad.rss) // 10)
+    first, last = statistics.median(bad.rss[:tenth]), statistics.median(bad.rss[-tenth:])
+    print(f"\nbad input under load (32 clients, {args.bad_share:.0%} bad): {bad.sent} requests "
+          f"in {bad.wall:.1f} s, {bad.bad} bad, {bad.server_errors} 5xx, {bad.good} good answered "
+          f"right, {bad.lost} good lost; server RSS median {first / 1024:.0f} MiB in the first "
+          f"tenth, {last / 1024:.0f} MiB in the last ({last / first - 1:+.1%})")
+    lost = sum(p.lost for p in phases)
+    print(f"batching: {stats['batches']} batches of {stats['sentences']} sentences, largest "
+          f"{stats['largest_batch']}; good requests lost over all phases: {lost}; server exit "
+          f"code after SIGTERM: {code}")
+
+
+if __name__ == "__main__":
+    main()

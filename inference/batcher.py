@@ -1,0 +1,136 @@
+"""Requests that arrive together are decoded together: `mha serve`'s batching, on one worker thread.
+
+Each request's sentences join one queue. A collector task on the event loop takes the first
+waiting sentence, then whatever else arrives within `window` seconds, up to `max_batch`
+sentences, and hands them to the worker thread, which decodes them as one call per set of
+decoding options (sentences with other options cannot share a batch). While the worker decodes,
+new sentences queue up, so under load each batch fills from the queue without waiting. Every
+other model call (`run`: the explore page's attention pass, the warm-up) goes to the same one
+thread, so the model never runs twice at once and the event loop never waits on it.
+
+A request whose client has gone still gets its sentences decoded (a half-done batch is not worth
+splitting); its answer is dropped. A decoding error fails that batch's requests, not the worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Hashable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+Decode = Callable[[Hashable, list[Any]], list[Any]]  # (options, items) -> one result per item
+
+
+@dataclass
+class Stats:
+    """What the server exposes (GET /stats): merging shows as batches below sentences."""
+
+    requests: int = 0  # translation requests answered or failed
+    sentences: int = 0  # sentences decoded
+    batches: int = 0  # calls of `decode`: one per batch and set of options
+    largest_batch: int = 0  # most sentences in one call
+    calls: int = 0  # other calls on the worker (explore, warm-up)
+
+
+@dataclass
+class _Item:
+    options: Hashable
+    value: Any
+    future: asyncio.Future
+
+
+class Batcher:
+    """`await translate(options, items)`: results in order, decoded in merged batches by
+    `decode(options, items)` on the one worker thread. Start with `start()` inside the running
+    event loop; `close()` after the last request."""
+
+    def __init__(self, decode: Decode, *, window: float, max_batch: int) -> None:
+        self.decode, self.window, self.max_batch = decode, window, max_batch
+        self.stats = Stats()
+        self.pending = 0  # sentences of requests not yet answered
+        self.worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mha-model")
+        self.queue: asyncio.Queue[_Item] | None = None
+        self.collector: asyncio.Task | None = None
+
+    def start(self) -> None:
+        self.queue = asyncio.Queue()
+        self.collector = asyncio.get_running_loop().create_task(self._collect())
+
+    async def close(self) -> None:
+        """Stop collecting and let the worker finish what it holds."""
+        if self.collector is not None:
+            self.collector.cancel()
+            await asyncio.gather(self.collector, return_exceptions=True)
+        await asyncio.get_running_loop().run_in_executor(None, self.worker.shutdown)
+
+    @property
+    def queued(self) -> int:
+        return self.queue.qsize() if self.queue is not None else 0
+
+    async def translate(self, options: Hashable, items: list[Any]) -> list[Any]:
+        """Queue `items` (one request's sentences) and wait for their results."""
+        loop = asyncio.get_running_loop()
+        futures = [loop.create_future() for _ in items]
+        for item, future in zip(items, futures):
+            self.queue.put_nowait(_Item(options, item, future))
+        self.pending += len(items)
+        try:
+            return list(await asyncio.gather(*futures))
+        finally:
+            self.pending -= len(items)
+            self.stats.requests += 1
+
+    async def run(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run fn(*args) on the worker thread, between batches."""
+        self.stats.calls += 1
+        return await asyncio.get_running_loop().run_in_executor(self.worker, fn, *args)
+
+    async def _collect(self) -> None:
+        while True:
+            items = [await self.queue.get()]
+            deadline = asyncio.get_running_loop().time() + self.window
+            while len(items) < self.max_batch:
+                if not self.queue.empty():
+                    items.append(self.queue.get_nowait())
+                    continue
+                left = deadline - asyncio.get_running_loop().time()
+                if left <= 0:
+                    break
+                try:
+                    items.append(await asyncio.wait_for(self.queue.get(), left))
+                except asyncio.TimeoutError:  # the builtin TimeoutError from Python 3.11 on
+                    break
+            await self._decode(items)
+
+    async def _decode(self, items: list[_Item]) -> None:
+        groups: dict[Hashable, list[_Item]] = {}
+        for item in items:
+            if not item.future.done():  # a cancelled request's sentences are skipped
+                groups.setdefault(item.options, []).append(item)
+        for options, group in groups.items():
+            try:
+                results = await asyncio.get_running_loop().run_in_executor(
+                    self.worker, self.decode, options, [item.value for item in group])
+            except Exception as error:  # a bug: its requests fail (500), the worker goes on
+                log.exception("decoding a batch of %d sentences failed", len(group))
+                results = None
+                for item in group:
+                    if not item.future.done():
+                        item.future.set_exception(error)
+            if results is None:
+                continue
+            self.stats.batches += 1
+            self.stats.sentences += len(group)
+            self.stats.largest_batch = max(self.stats.largest_batch, len(group))
+            for item, result in zip(group, results):
+                if not item.future.done():
+                    item.future.set_result(result)
+
+    def report(self) -> dict:
+        return {**asdict(self.stats), "queued": self.queued, "pending": self.pending,
+                "window": self.window, "max_batch": self.max_batch}
