@@ -247,9 +247,11 @@ def heads(
     device: DeviceOpt = "auto",
 ) -> None:
     """Each attention head's importance (loss and greedy BLEU with it removed, and the gradient
-    estimate) and the pruning curve; writes RUN/heads.json."""
+    estimate), its role and entropy, and the pruning curve; writes RUN/heads.json and a picture,
+    RUN/heads.png."""
     from mha.inference.heads import format_report, measure_heads, write_report
+    from mha.inference.heads_picture import write_picture
 
     report = measure_heads(run_dir, split, limit, which, device)
-    path = write_report(run_dir, report)
-    typer.echo(f"{format_report(report)}\nwritten to {path}")
+    path, picture = write_report(run_dir, report), write_picture(run_dir, report)
+    typer.echo(f"{format_report(report)}\nwritten to {path} and {picture}")

@@ -90,6 +90,10 @@ class Tokenizer:
         """The pieces of `encode_src([text])[0]`, EOS included: labels for attention pictures."""
         return [self._src.id_to_piece(token) for token in self.encode_src([text])[0]]
 
+    def src_vocab(self) -> list[str]:
+        """Every source piece, by id (specials included)."""
+        return [self._src.id_to_piece(token) for token in range(self.src_vocab_size)]
+
     def tgt_pieces(self, ids: Iterable[int]) -> list[str]:
         """One piece per target id, specials included."""
         return [self._tgt.id_to_piece(int(token)) for token in ids]

@@ -7,6 +7,9 @@ validation batches, and the rank correlation between the two orders. Then the pr
 every head once, across the three kinds, by its ablation result (BLEU drop, ties by loss rise),
 remove them cumulatively in that order and score greedy BLEU after each removal.
 
+Beside them, each head's roles and the entropy of its weights (inference/roles.py, after Voita et
+al. 2019), from one more teacher-forced pass over the same batches, no head removed.
+
 The loss is the plain cross-entropy per real (non-padding) target token, teacher-forced, without
 the label smoothing training used. Legend: B batch, S source length, T target length, V vocab.
 """
@@ -28,6 +31,7 @@ from mha.data.files import atomic_write
 from mha.data.tokenizer import Tokenizer
 from mha.inference import checkpoint
 from mha.inference.evaluate import eval_set, score
+from mha.inference.roles import THRESHOLD, Vocabulary, measure_roles, role_cell
 from mha.inference.run import load_model
 from mha.inference.translate import MhaEngine, translate_lines
 from mha.model.attention import MultiHeadAttention
@@ -202,12 +206,13 @@ def measure_heads(run_dir: Path, split: str = "val", limit: int | None = None,
             set_masks(model)
 
     base_loss, base_bleu = measure(())
+    roles = measure_roles(model, batches, Vocabulary.of_run(run_dir, tokenizer))  # no masks set
     records = []
     for head in all_heads(model):
         loss, bleu = measure([head])
         records.append({"kind": head[0], "layer": head[1], "head": head[2], "val_loss": loss,
                         "val_bleu": bleu, "bleu_drop": base_bleu - bleu,
-                        "loss_rise": loss - base_loss})
+                        "loss_rise": loss - base_loss, **roles[head]})
         log.debug("%s layer %d head %d: loss %.4f, BLEU %.2f", *head, loss, bleu)
     for record, value in zip(records, grad_importance(model, batches).values()):
         record["grad_importance"] = value
@@ -263,11 +268,14 @@ def format_report(report: dict) -> str:
              f"{report['checkpoint']} (step {report['checkpoint_step']}): loss "
              f"{base['val_loss']:.4f}, greedy BLEU {base['val_bleu']:.2f} with every head"),
              (f"{'kind':<8} {'layer':>5} {'head':>4} {'loss':>8} {'BLEU':>6} {'drop':>6} "
-             f"{'grad imp':>9} {'rank':>4}")]
+             f"{'grad imp':>9} {'rank':>4} {'entropy':>7}  role (share)")]
     for r in report["heads"]:
         lines.append(f"{r['kind']:<8} {r['layer']:>5} {r['head']:>4} {r['val_loss']:>8.4f} "
                      f"{r['val_bleu']:>6.2f} {r['bleu_drop']:>6.2f} "
-                     f"{r['grad_importance']:>9.4f} {r['rank']:>4}")
+                     f"{r['grad_importance']:>9.4f} {r['rank']:>4} {r['entropy']:>7.3f}  "
+                     f"{role_cell(r)}")
+    lines.append(f"role: named where its share of queries reaches {THRESHOLD}, else (the largest "
+                 "share); entropy in nats")
     rho = report["spearman"]
     lines.append("Spearman rank correlation, ablation vs gradient importance: "
                  + ("undefined (a constant ranking)" if rho is None else f"{rho:.2f}"))

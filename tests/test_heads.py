@@ -1,5 +1,6 @@
 """`mha heads`: single-head ablation equals a mask set by hand, the pruning curve runs from every
-head to none (an empty output scores 0, not an error), equal runs write equal files, bad input is
+head to none (an empty output scores 0, not an error), roles over padded batches equal roles
+sentence by sentence, the picture is a PNG, equal runs write equal files and tables, bad input is
 one error line."""
 
 import json
@@ -19,6 +20,7 @@ from mha.inference.heads import (
     spearman,
     summed_token_loss,
 )
+from mha.inference.roles import ROLES, THRESHOLD, Vocabulary, measure_roles, role_cell
 from mha.inference.run import load_model
 from mha.inference.translate import MhaEngine, translate_lines
 
@@ -26,13 +28,13 @@ pytestmark = pytest.mark.usefixtures("_one_thread")
 
 
 @pytest.fixture(scope="module")
-def measured(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+def measured(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict, str]:
     import shutil
 
     run = Path(shutil.copytree(tiny_run, tmp_path_factory.mktemp("heads") / "run"))
     result = invoke("heads", run, "--limit", "20", "--device", "cpu")
     assert result.exit_code == 0, result.output
-    return run, json.loads((run / "heads.json").read_text())
+    return run, json.loads((run / "heads.json").read_text()), result.output
 
 
 def by_hand_loss(run: Path, mask: dict[str, torch.Tensor]) -> float:
@@ -48,7 +50,7 @@ def by_hand_loss(run: Path, mask: dict[str, torch.Tensor]) -> float:
 
 
 def test_one_head_removed_equals_the_mask_set_by_hand(measured):
-    run, report = measured
+    run, report, _ = measured
     record = next(r for r in report["heads"]
                   if (r["kind"], r["layer"], r["head"]) == ("cross", 0, 1))
     assert record["val_loss"] == pytest.approx(
@@ -60,7 +62,7 @@ def test_one_head_removed_equals_the_mask_set_by_hand(measured):
 
 
 def test_every_head_of_every_kind_is_measured(measured, loaded):
-    _, report = measured
+    _, report, _ = measured
     heads = [(r["kind"], r["layer"], r["head"]) for r in report["heads"]]
     assert heads == all_heads(loaded[0])
     assert {kind for kind, _, _ in heads} == {"encoder", "decoder", "cross"}
@@ -70,7 +72,7 @@ def test_every_head_of_every_kind_is_measured(measured, loaded):
 
 
 def test_the_pruning_curve_runs_from_every_head_to_none(measured, tiny_run: Path):
-    run, report = measured
+    run, report, _ = measured
     curve, total = report["pruning"], len(report["heads"])
     assert [step["kept"] for step in curve] == list(range(total, -1, -1))
     assert curve[0]["bleu"] == report["baseline"]["val_bleu"]
@@ -92,11 +94,40 @@ def _val(run: Path) -> tuple[list[str], list[str]]:
     return sources, references
 
 
+def test_roles_over_padded_batches_equal_them_sentence_by_sentence(measured, loaded):
+    run, report, _ = measured
+    model, tokenizer, _ = loaded
+    alone = loss_batches(run, "val", 20, 1, model.cfg.max_tokens, torch.device("cpu"))
+    expected = measure_roles(model, alone, Vocabulary.of_run(run, tokenizer))
+    for r in report["heads"]:
+        want = expected[r["kind"], r["layer"], r["head"]]
+        assert list(r["roles"]) == list(ROLES[r["kind"]])
+        assert r["roles"] == pytest.approx(want["roles"], abs=1e-5)
+        assert r["entropy"] == pytest.approx(want["entropy"], abs=1e-5) and r["entropy"] > 0
+        assert r["role"] == want["role"]
+        assert r["role"] is None or r["roles"][r["role"]] >= THRESHOLD
+
+
+def test_the_table_shows_roles_and_the_picture_is_a_png(measured):
+    from PIL import Image
+
+    run, report, output = measured
+    for r in report["heads"]:
+        assert any(line.startswith(f"{r['kind']:<8} {r['layer']:>5} {r['head']:>4} ")
+                   and line.endswith(role_cell(r)) for line in output.splitlines())
+    assert f"written to {run / 'heads.json'} and {run / 'heads.png'}" in output
+    with Image.open(run / "heads.png") as picture:
+        picture.verify()
+        assert picture.format == "PNG" and min(picture.size) >= 400
+
+
 def test_two_runs_write_the_same_file(measured):
-    run, _ = measured
+    run, _, output = measured
     first = (run / "heads.json").read_bytes()
-    assert invoke("heads", run, "--limit", "20", "--device", "cpu").exit_code == 0
+    again = invoke("heads", run, "--limit", "20", "--device", "cpu")
+    assert again.exit_code == 0
     assert (run / "heads.json").read_bytes() == first
+    assert again.output == output  # the same table
 
 
 def test_can_remove_counts_heads_before_the_first_drop():
