@@ -28,10 +28,11 @@ def user_errors() -> tuple[type[Exception], ...]:
     """The project's own errors: shown as one line on stderr with exit code 2, no traceback."""
     from mha.data.files import DataError
     from mha.inference.checkpoint import CheckpointError
+    from mha.inference.eflomal_links import AlignError
     from mha.inference.export import ExportError
     from mha.training.loop import TrainingError
 
-    return ConfigError, DataError, CheckpointError, TrainingError, ExportError
+    return ConfigError, DataError, CheckpointError, TrainingError, ExportError, AlignError
 
 
 def fail(message: str) -> None:

@@ -1,4 +1,5 @@
-"""Commands that use a trained model: translate, eval, explore, tune-decode, export, heads."""
+"""Commands that use a trained model: translate, eval, explore, tune-decode, export, heads,
+align."""
 
 from __future__ import annotations
 
@@ -255,3 +256,26 @@ def heads(
     report = measure_heads(run_dir, split, limit, which, device)
     path, picture = write_report(run_dir, report), write_picture(run_dir, report)
     typer.echo(f"{format_report(report)}\nwritten to {path} and {picture}")
+
+
+@command
+def align(
+    run_dir: RunArg,
+    split: Annotated[str, typer.Option(
+        "--split", help="The run's prepared split to align: test or val.")] = "test",
+    limit: Annotated[int | None, typer.Option(
+        "--limit", help="Score only the split's first N sentences.", show_default=False)] = None,
+    gold: Annotated[Path | None, typer.Option(
+        "--gold", help="Human links to score against instead of eflomal's: one Pharaoh line per "
+        "sentence, i-j sure, i-pj possible (0-based words).", show_default=False)] = None,
+    which: CheckpointOpt = "best",
+    device: DeviceOpt = "auto",
+) -> None:
+    """How well does attention align words? AER, precision and recall of every encoder-decoder
+    head, each layer's heads averaged and Shift-Att, against eflomal's links (or --gold);
+    writes RUN/align.json."""
+    from mha.inference.align import format_report, measure_alignment, write_report
+
+    report = measure_alignment(run_dir, split, limit, gold, which, device)
+    path = write_report(run_dir, report)
+    typer.echo(f"{format_report(report)}\nwritten to {path}")
