@@ -26,7 +26,7 @@ import datasets
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from mha.configs.schema import Config, DataConfig
+from mha.configs.schema import OLDER_MEANING, Config, DataConfig
 from mha.data.corpus import Corpus, corpus_files, hub_fingerprints, load_corpus, roles
 from mha.data.files import DataError
 from mha.data.tokenizer import Tokenizer, train_tokenizer
@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 
 FORMAT = 1  # bump when the encoded layout changes, so older run folders rebuild
 FINGERPRINT, REPORT = "fingerprint.json", "report.json"
+_ABSENT = object()
 ENCODED = datasets.Features({
     "src": datasets.Value("string"), "tgt": datasets.Value("string"),
     "src_ids": datasets.List(datasets.Value("int32")),  # pieces + EOS
@@ -134,11 +135,18 @@ def data_fingerprint(data: DataConfig) -> dict:
     dataset's own fingerprints) and its hash."""
     files = [[str(path.resolve()), path.stat().st_size, path.stat().st_mtime_ns]
              for pair in corpus_files(data).values() for path in pair]
-    inputs = {"format": FORMAT, "data": dataclasses.asdict(data), "files": files}
+    inputs = {"format": FORMAT, "data": _meaningful(data), "files": files}
     if data.corpus.startswith("hub:"):
         inputs["hub"] = hub_fingerprints(data)
     digest = hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()
     return {"hash": digest, **inputs}
+
+
+def _meaningful(data: DataConfig) -> dict:
+    """The data config without the keys at their OLDER_MEANING (data.byte_fallback: false): a
+    run prepared before such a key existed keeps its fingerprint, so its data are reused."""
+    return {key: value for key, value in dataclasses.asdict(data).items()
+            if OLDER_MEANING.get(f"data.{key}", _ABSENT) != value}
 
 
 def format_report(report: dict) -> str:

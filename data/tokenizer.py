@@ -1,7 +1,9 @@
 """SentencePiece subwords: train one joint model (or one per side) and map text <-> ids.
 
 Special ids are fixed in every model: PAD=0, UNK=1, BOS=2, EOS=3. Sources are encoded as
-pieces + EOS, targets as BOS + pieces + EOS. The model protos travel as bytes (`to_state`), so a
+pieces + EOS, targets as BOS + pieces + EOS. With data.byte_fallback (SentencePiece's option),
+the vocabulary also holds 256 byte pieces, and a character it lacks is encoded as its UTF-8 bytes
+instead of UNK, so names, emoji and rare letters come through decoding unchanged. The model protos travel as bytes (`to_state`), so a
 checkpoint carries its tokenizer.
 """
 
@@ -76,7 +78,7 @@ class Tokenizer:
 
     def unknown_characters(self, texts: Iterable[str]) -> Counter[str]:
         """The characters of texts that the source vocabulary lacks, with their counts: each is
-        encoded as UNK and comes out as "⁇". Characters are counted as SentencePiece sees them,
+        encoded as UNK and comes out as "⁇" (never with byte fallback: none). Characters are counted as SentencePiece sees them,
         after its NFKC normalization: "e" + a combining acute accent is "é"."""
         texts = list(texts)
         unknown: Counter[str] = Counter()
@@ -165,13 +167,15 @@ def _train_model(sentences: Iterator[str], data: DataConfig) -> bytes:
         spm.SentencePieceTrainer.train(
             sentence_iterator=sentences, model_writer=model, vocab_size=data.vocab_size,
             model_type=data.spm_model_type, character_coverage=1.0,
+            byte_fallback=data.byte_fallback,
             pad_id=Tokenizer.PAD, unk_id=Tokenizer.UNK, bos_id=Tokenizer.BOS,
             eos_id=Tokenizer.EOS, num_threads=os.cpu_count() or 1, minloglevel=2)
     except RuntimeError as error:
         reason = _TOO_BIG.search(str(error))
         if reason is None:
             raise
-        raise DataError(f"data.vocab_size ({data.vocab_size}) does not fit this corpus: "
+        room = " (data.byte_fallback adds 256 byte pieces)" if data.byte_fallback else ""
+        raise DataError(f"data.vocab_size ({data.vocab_size}) does not fit this corpus{room}: "
                         f"SentencePiece says {reason[0]!r}") from error
     return model.getvalue()
 
