@@ -20,6 +20,10 @@ BeamOpt = Annotated[int | None, typer.Option(
     "--beam", min=1, help="Beam size; 1 is greedy (default: the run's decode.beam).")]
 BatchOpt = Annotated[int | None, typer.Option(
     "--batch-size", min=1, help="Sentences per batch (default: the run's decode.batch_size).")]
+EnsembleOpt = Annotated[list[str] | None, typer.Option(
+    "--ensemble", help="Decode together with this run folder or checkpoint file (repeatable): "
+    "the members' log-probabilities are averaged at each step; they share RUN's tokenizer.",
+    show_default=False)]
 EngineOpt = Annotated[str, typer.Option(
     "--engine", help="mha (its own decoder) or ctranslate2 (the model `mha export` wrote into "
     "RUN/ctranslate2; RUN may also be that folder).")]
@@ -45,10 +49,12 @@ def translate(
     self_attention: Annotated[bool, typer.Option(
         "--self-attention", help="With --attention, draw self-attention too.")] = False,
     engine: EngineOpt = "mha",
+    ensemble: EnsembleOpt = None,
 ) -> None:
     """Translate sentences from the arguments, a file or stdin: one output line per input line."""
     from mha.cli.stdin import stdin_chunks
     from mha.data.files import read_lines
+    from mha.inference.ensemble import check_ensemble
     from mha.inference.translate import (
         translate_chunks,
         translate_lines,
@@ -57,8 +63,10 @@ def translate(
     )
 
     _check_sources(texts, input_file, attention, self_attention, engine, no_cache)
+    check_ensemble(ensemble, engine, attention is not None)
     lines = read_lines(input_file) if input_file else texts  # fails before the model loads
-    translator, decode = open_engine(run_dir, engine, which, device, use_cache=not no_cache)
+    translator, decode = open_engine(run_dir, engine, which, device, use_cache=not no_cache,
+                                     ensemble=ensemble)
     tokenizer = translator.tokenizer
     if lines is not None:
         warn_unknown_characters(tokenizer, lines, str(input_file or "the arguments"))
@@ -146,28 +154,33 @@ def eval(  # the command's name; shadows the builtin only inside this module
     which: CheckpointOpt = "best",
     device: DeviceOpt = "auto",
     engine: EngineOpt = "mha",
+    ensemble: EnsembleOpt = None,
 ) -> None:
     """Translate a test set and score it with sacreBLEU (BLEU cased and lowercased, chrF, with
     their signatures)."""
     import json
 
+    from mha.inference.ensemble import check_ensemble, ensemble_label
     from mha.inference.evaluate import eval_set, evaluate
     from mha.inference.provenance import environment, read_run
     from mha.inference.run import pick_device
     from mha.inference.translate import warn_unknown_characters
 
     check_engine(engine)
-    translator, decode = open_engine(run_dir, engine, which, device)
+    check_ensemble(ensemble, engine)
+    translator, decode = open_engine(run_dir, engine, which, device, ensemble=ensemble)
     beam = beam or decode.beam
     sources, references, name = eval_set(run_dir, split, src_file, ref_file)
     warn_unknown_characters(translator.tokenizer, sources, str(src_file or f"the {split} split"))
-    decoding = ("greedy" if beam == 1 else f"beam{beam}") + ("" if engine == "mha" else
-                                                             f".{engine}")
+    members = translator.model.sources if ensemble else None  # named in the JSON
+    decoding = (("greedy" if beam == 1 else f"beam{beam}") + ("" if engine == "mha" else
+                f".{engine}") + (f".{ensemble_label(members)}" if members else ""))
     hyp_path = output_file or run_dir / "eval" / f"{name}.{decoding}.hyp"
     result_path = run_dir / "eval" / f"{name}.{decoding}.json"  # read by `mha compare`
     provenance = {"eval": environment(pick_device(device)), "run": read_run(run_dir)}
     result = evaluate(translator, sources, references, batch_size=batch_size or decode.batch_size,
-                      beam=beam, hyp_path=hyp_path, result_path=result_path, provenance=provenance)
+                      beam=beam, hyp_path=hyp_path, result_path=result_path, provenance=provenance,
+                      ensemble=members)
     if as_json:
         typer.echo(json.dumps(result))
         return

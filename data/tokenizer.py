@@ -1,10 +1,10 @@
 """SentencePiece subwords: train one joint model (or one per side) and map text <-> ids.
 
 Special ids are fixed in every model: PAD=0, UNK=1, BOS=2, EOS=3. Sources are encoded as
-pieces + EOS, targets as BOS + pieces + EOS. With data.byte_fallback (SentencePiece's option),
-the vocabulary also holds 256 byte pieces, and a character it lacks is encoded as its UTF-8 bytes
-instead of UNK, so names, emoji and rare letters come through decoding unchanged. The model protos travel as bytes (`to_state`), so a
-checkpoint carries its tokenizer.
+pieces + EOS, targets as BOS + pieces + EOS. The model protos travel as bytes (`to_state`), so a
+checkpoint carries its tokenizer. With data.byte_fallback (SentencePiece's option) the vocabulary
+also holds 256 byte pieces, and a character it lacks is encoded as its UTF-8 bytes instead of
+UNK, so names, emoji and rare letters come through decoding unchanged.
 """
 
 from __future__ import annotations
@@ -78,8 +78,9 @@ class Tokenizer:
 
     def unknown_characters(self, texts: Iterable[str]) -> Counter[str]:
         """The characters of texts that the source vocabulary lacks, with their counts: each is
-        encoded as UNK and comes out as "⁇" (never with byte fallback: none). Characters are counted as SentencePiece sees them,
-        after its NFKC normalization: "e" + a combining acute accent is "é"."""
+        encoded as UNK and comes out as "⁇" (with byte fallback: none). Characters are counted as
+        SentencePiece sees them, after its NFKC normalization: "e" + a combining acute accent is
+        "é"."""
         texts = list(texts)
         unknown: Counter[str] = Counter()
         for text, ids in zip(texts, self._src.encode(texts, out_type=int)):

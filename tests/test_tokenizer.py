@@ -61,7 +61,8 @@ def test_joint_model_is_one_file(joint: Tokenizer, tmp_path: Path) -> None:
 
 
 def test_separate_models(train_rows: datasets.Dataset, tmp_path: Path) -> None:
-    data = DataConfig(vocab_size=VOCAB, byte_fallback=False, joint_vocab=False, spm_model_type="unigram")
+    data = DataConfig(vocab_size=VOCAB, byte_fallback=False, joint_vocab=False,
+                      spm_model_type="unigram")
     separate = train_tokenizer(train_rows, data, tmp_path)
     assert not separate.joint
     assert separate.src_vocab_size == separate.tgt_vocab_size == VOCAB
