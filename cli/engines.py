@@ -11,13 +11,20 @@ ENGINES = ("mha", "ctranslate2")
 
 
 def check_engine(engine: str, own_decoder_options: bool = False) -> None:
-    """ConfigError for an unknown engine, or mha-only options (--no-cache, --attention) with
-    another engine."""
+    """ConfigError for an unknown engine, or mha-only options (--no-cache, --attention,
+    --ensemble) with another engine."""
     if engine not in ENGINES:
         raise ConfigError(f"--engine must be one of {', '.join(ENGINES)}, got {engine!r}")
     if engine != "mha" and own_decoder_options:
-        raise ConfigError(f"--no-cache and --attention work on mha's own decoder, not --engine "
-                          f"{engine}")
+        raise ConfigError(f"--no-cache, --attention and --ensemble work on mha's own decoder, "
+                          f"not --engine {engine}")
+
+
+def check_ensemble(others: list[str] | None, engine: str, attention: bool) -> None:
+    """ConfigError for --ensemble with another engine or with --attention."""
+    check_engine(engine, bool(others))
+    if others and attention:
+        raise ConfigError("--attention draws one model's attention: leave out --ensemble")
 
 
 def open_engine(

@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from mha.cli.app import command, fail
-from mha.cli.engines import check_engine, open_engine
+from mha.cli.engines import check_engine, check_ensemble, open_engine
 
 RunArg = Annotated[Path, typer.Argument(help="A run folder made by `mha train`.")]
 CheckpointOpt = Annotated[str, typer.Option(
@@ -54,7 +54,6 @@ def translate(
     """Translate sentences from the arguments, a file or stdin: one output line per input line."""
     from mha.cli.stdin import stdin_chunks
     from mha.data.files import read_lines
-    from mha.inference.ensemble import check_ensemble
     from mha.inference.translate import (
         translate_chunks,
         translate_lines,
@@ -160,23 +159,19 @@ def eval(  # the command's name; shadows the builtin only inside this module
     their signatures)."""
     import json
 
-    from mha.inference.ensemble import check_ensemble, ensemble_label
     from mha.inference.evaluate import eval_set, evaluate
     from mha.inference.provenance import environment, read_run
     from mha.inference.run import pick_device
     from mha.inference.translate import warn_unknown_characters
 
-    check_engine(engine)
-    check_ensemble(ensemble, engine)
+    check_engine(engine, bool(ensemble))
     translator, decode = open_engine(run_dir, engine, which, device, ensemble=ensemble)
     beam = beam or decode.beam
     sources, references, name = eval_set(run_dir, split, src_file, ref_file)
     warn_unknown_characters(translator.tokenizer, sources, str(src_file or f"the {split} split"))
     members = translator.model.sources if ensemble else None  # named in the JSON
-    decoding = (("greedy" if beam == 1 else f"beam{beam}") + ("" if engine == "mha" else
-                f".{engine}") + (f".{ensemble_label(members)}" if members else ""))
-    hyp_path = output_file or run_dir / "eval" / f"{name}.{decoding}.hyp"
-    result_path = run_dir / "eval" / f"{name}.{decoding}.json"  # read by `mha compare`
+    result_path = run_dir / "eval" / f"{name}.{_decoding(beam, engine, members)}.json"
+    hyp_path = output_file or result_path.with_suffix(".hyp")  # the JSON: read by `mha compare`
     provenance = {"eval": environment(pick_device(device)), "run": read_run(run_dir)}
     result = evaluate(translator, sources, references, batch_size=batch_size or decode.batch_size,
                       beam=beam, hyp_path=hyp_path, result_path=result_path, provenance=provenance,
@@ -190,6 +185,14 @@ def eval(  # the command's name; shadows the builtin only inside this module
     typer.echo(f"{result['sentences']} sentences in {result['seconds']:.1f} s "
                f"({result['sentences_per_second']} sentences/s); hypotheses in {hyp_path}, "
                f"scores in {result_path}")
+
+
+def _decoding(beam: int, engine: str, members: list[dict] | None) -> str:
+    """The result files' name for a decoding: greedy, beam5.ctranslate2, greedy.ensemble+b."""
+    from mha.inference.ensemble import ensemble_label
+
+    return (("greedy" if beam == 1 else f"beam{beam}") + ("" if engine == "mha" else f".{engine}")
+            + (f".{ensemble_label(members)}" if members else ""))
 
 
 @command

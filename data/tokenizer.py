@@ -9,6 +9,7 @@ UNK, so names, emoji and rare letters come through decoding unchanged.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import itertools
 import logging
@@ -132,6 +133,10 @@ class Tokenizer:
             return cls((folder / SRC_FILE).read_bytes(), (folder / TGT_FILE).read_bytes())
         raise DataError(f"no tokenizer in {folder}: expected {JOINT_FILE}, or {SRC_FILE} and "
                         f"{TGT_FILE} (run `mha tokenize CONFIG`)")
+
+    def digest(self) -> str:
+        """SHA-256 of the model protos: equal digests, equal ids."""
+        return hashlib.sha256(b"".join(proto or b"" for proto in self._protos)).hexdigest()
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Tokenizer) and self._protos == other._protos

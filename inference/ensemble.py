@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from mha.configs.schema import Config, ConfigError
+from mha.configs.schema import Config
 from mha.data.tokenizer import Tokenizer
 from mha.inference.checkpoint import CheckpointError
 from mha.inference.run import load_model
@@ -140,10 +140,3 @@ def ensemble_label(sources: list[dict]) -> str:
         names.append(re.sub(r"[^A-Za-z0-9_.-]", "_", name))
     return "+".join(["ensemble", *names])
 
-
-def check_ensemble(others: list[str] | None, engine: str, attention: bool = False) -> None:
-    """ConfigError for --ensemble with another engine or with --attention."""
-    if others and engine != "mha":
-        raise ConfigError(f"--ensemble decodes with mha's own decoder, not --engine {engine}")
-    if others and attention:
-        raise ConfigError("--attention draws one model's attention: leave out --ensemble")

@@ -133,8 +133,9 @@ def test_bad_members_are_one_line_each(tiny_run, other_tokenizer_run, tmp_path) 
                           f"--ensemble {other_tokenizer_run} has a different tokenizer")
         assert_user_error(tiny_run, [*command, "--ensemble", tmp_path / "nowhere"],
                           f"--ensemble {tmp_path / 'nowhere'}: no such run folder or checkpoint")
-    assert_user_error(tiny_run, ["translate", tiny_run, "x", "--ensemble", tiny_run,
-                                 "--engine", "ctranslate2"], "--ensemble decodes with mha's own")
+    for command in (["translate", tiny_run, "x"], ["eval", tiny_run]):
+        assert_user_error(tiny_run, [*command, "--ensemble", tiny_run, "--engine", "ctranslate2"],
+                          "--attention and --ensemble work on mha's own decoder")
     assert_user_error(tiny_run, ["translate", tiny_run, "x", "--ensemble", tiny_run,
                                  "--attention", tmp_path / "a.png"], "leave out --ensemble")
     assert not (tmp_path / "a.png").exists()
