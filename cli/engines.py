@@ -11,27 +11,37 @@ ENGINES = ("mha", "ctranslate2")
 
 
 def check_engine(engine: str, own_decoder_options: bool = False) -> None:
-    """ConfigError for an unknown engine, or mha-only options (--no-cache, --attention) with
-    another engine."""
+    """ConfigError for an unknown engine, or mha-only options (--no-cache, --attention,
+    --ensemble) with another engine."""
     if engine not in ENGINES:
         raise ConfigError(f"--engine must be one of {', '.join(ENGINES)}, got {engine!r}")
     if engine != "mha" and own_decoder_options:
-        raise ConfigError(f"--no-cache and --attention work on mha's own decoder, not --engine "
-                          f"{engine}")
+        raise ConfigError(f"--no-cache, --attention and --ensemble work on mha's own decoder, "
+                          f"not --engine {engine}")
+
+
+def check_ensemble(others: list[str] | None, engine: str, attention: bool) -> None:
+    """ConfigError for --ensemble with another engine or with --attention."""
+    check_engine(engine, bool(others))
+    if others and attention:
+        raise ConfigError("--attention draws one model's attention: leave out --ensemble")
 
 
 def open_engine(
     run_dir: Path, engine: str, which: str, device: str, use_cache: bool = True,
+    ensemble: list[str] | None = None,
 ) -> tuple[Engine, DecodeConfig]:
     """The engine `--engine` names, for `mha translate` and `mha eval`, with the run's decode
-    defaults (mha's own decoder: from checkpoint `which`)."""
+    defaults (mha's own decoder: from checkpoint `which`, with the `--ensemble` members)."""
     if engine == "ctranslate2":
         from mha.inference.ct2 import CTranslate2Engine
 
         exported = CTranslate2Engine(run_dir, device=device)
         return exported, exported.cfg.decode
+    from mha.inference.ensemble import load_ensemble
     from mha.inference.run import load_model
     from mha.inference.translate import MhaEngine
 
-    model, tokenizer, cfg = load_model(run_dir, which, device)
+    model, tokenizer, cfg = (load_ensemble(run_dir, which, ensemble, device) if ensemble
+                             else load_model(run_dir, which, device))
     return MhaEngine(model, tokenizer, cfg.decode, use_cache=use_cache), cfg.decode

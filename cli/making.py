@@ -34,12 +34,15 @@ def train(
     overrides: SetOpt = None,
     resume: Annotated[bool, typer.Option(
         "--resume", help="Continue from run_dir/checkpoints/last.pt.")] = False,
+    init_from: Annotated[str | None, typer.Option(
+        "--init-from", help="Start from this run's weights and tokenizer, RUN[:best|last|PATH] "
+        "(fine-tuning); optimizer and schedule start fresh.", show_default=False)] = None,
 ) -> None:
     """Train a transformer (tokenizing first when the run has no data). Works under torchrun."""
     from mha.training.loop import train as run_training
 
     cfg = config(config_path, overrides)
-    progress = run_training(cfg, resume=resume).progress
+    progress = run_training(cfg, resume=resume, init_from=init_from).progress
     typer.echo(f"best validation BLEU {progress.best_bleu:.2f} at step {progress.best_step}; "
                f"checkpoints in {cfg.run_dir}/checkpoints")
 

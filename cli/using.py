@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 
 from mha.cli.app import command, fail
-from mha.cli.engines import check_engine, open_engine
+from mha.cli.engines import check_engine, check_ensemble, open_engine
 
 RunArg = Annotated[Path, typer.Argument(help="A run folder made by `mha train`.")]
 CheckpointOpt = Annotated[str, typer.Option(
@@ -21,6 +21,10 @@ BeamOpt = Annotated[int | None, typer.Option(
     "--beam", min=1, help="Beam size; 1 is greedy (default: the run's decode.beam).")]
 BatchOpt = Annotated[int | None, typer.Option(
     "--batch-size", min=1, help="Sentences per batch (default: the run's decode.batch_size).")]
+EnsembleOpt = Annotated[list[str] | None, typer.Option(
+    "--ensemble", help="Decode together with this run folder or checkpoint file (repeatable): "
+    "the members' log-probabilities are averaged at each step; they share RUN's tokenizer.",
+    show_default=False)]
 EngineOpt = Annotated[str, typer.Option(
     "--engine", help="mha (its own decoder) or ctranslate2 (the model `mha export` wrote into "
     "RUN/ctranslate2; RUN may also be that folder).")]
@@ -46,6 +50,7 @@ def translate(
     self_attention: Annotated[bool, typer.Option(
         "--self-attention", help="With --attention, draw self-attention too.")] = False,
     engine: EngineOpt = "mha",
+    ensemble: EnsembleOpt = None,
 ) -> None:
     """Translate sentences from the arguments, a file or stdin: one output line per input line."""
     from mha.cli.stdin import stdin_chunks
@@ -58,8 +63,10 @@ def translate(
     )
 
     _check_sources(texts, input_file, attention, self_attention, engine, no_cache)
+    check_ensemble(ensemble, engine, attention is not None)
     lines = read_lines(input_file) if input_file else texts  # fails before the model loads
-    translator, decode = open_engine(run_dir, engine, which, device, use_cache=not no_cache)
+    translator, decode = open_engine(run_dir, engine, which, device, use_cache=not no_cache,
+                                     ensemble=ensemble)
     tokenizer = translator.tokenizer
     if lines is not None:
         warn_unknown_characters(tokenizer, lines, str(input_file or "the arguments"))
@@ -147,6 +154,7 @@ def eval(  # the command's name; shadows the builtin only inside this module
     which: CheckpointOpt = "best",
     device: DeviceOpt = "auto",
     engine: EngineOpt = "mha",
+    ensemble: EnsembleOpt = None,
 ) -> None:
     """Translate a test set and score it with sacreBLEU (BLEU cased and lowercased, chrF, with
     their signatures)."""
@@ -157,18 +165,18 @@ def eval(  # the command's name; shadows the builtin only inside this module
     from mha.inference.run import pick_device
     from mha.inference.translate import warn_unknown_characters
 
-    check_engine(engine)
-    translator, decode = open_engine(run_dir, engine, which, device)
+    check_engine(engine, bool(ensemble))
+    translator, decode = open_engine(run_dir, engine, which, device, ensemble=ensemble)
     beam = beam or decode.beam
     sources, references, name = eval_set(run_dir, split, src_file, ref_file)
     warn_unknown_characters(translator.tokenizer, sources, str(src_file or f"the {split} split"))
-    decoding = ("greedy" if beam == 1 else f"beam{beam}") + ("" if engine == "mha" else
-                                                             f".{engine}")
-    hyp_path = output_file or run_dir / "eval" / f"{name}.{decoding}.hyp"
-    result_path = run_dir / "eval" / f"{name}.{decoding}.json"  # read by `mha compare`
+    members = translator.model.sources if ensemble else None  # named in the JSON
+    result_path = run_dir / "eval" / f"{name}.{_decoding(beam, engine, members)}.json"
+    hyp_path = output_file or result_path.with_suffix(".hyp")  # the JSON: read by `mha compare`
     provenance = {"eval": environment(pick_device(device)), "run": read_run(run_dir)}
     result = evaluate(translator, sources, references, batch_size=batch_size or decode.batch_size,
-                      beam=beam, hyp_path=hyp_path, result_path=result_path, provenance=provenance)
+                      beam=beam, hyp_path=hyp_path, result_path=result_path, provenance=provenance,
+                      ensemble=members)
     if as_json:
         typer.echo(json.dumps(result))
         return
@@ -178,6 +186,14 @@ def eval(  # the command's name; shadows the builtin only inside this module
     typer.echo(f"{result['sentences']} sentences in {result['seconds']:.1f} s "
                f"({result['sentences_per_second']} sentences/s); hypotheses in {hyp_path}, "
                f"scores in {result_path}")
+
+
+def _decoding(beam: int, engine: str, members: list[dict] | None) -> str:
+    """The result files' name for a decoding: greedy, beam5.ctranslate2, greedy.ensemble+b."""
+    from mha.inference.ensemble import ensemble_label
+
+    return (("greedy" if beam == 1 else f"beam{beam}") + ("" if engine == "mha" else f".{engine}")
+            + (f".{ensemble_label(members)}" if members else ""))
 
 
 @command

@@ -20,6 +20,7 @@ from mha.configs.schema import Config, DataConfig, TrainConfig, parse_duration
 
 MULTI30K_LANGS = ("en", "de", "fr", "cs")
 MULTI30K_SPLITS = ("train", "val", "test_2016_flickr")
+BYTE_FALLBACK_VOCAB = 4 + 256 + 2  # specials, bytes, "▁" and one character
 
 
 @dataclass(frozen=True)
@@ -170,6 +171,11 @@ def _check_relations(cfg: Config, bad: set[str]) -> list[str]:
         (("model.tie_embeddings", "data.joint_vocab"),
          model.tie_embeddings and not data.joint_vocab,
          "model.tie_embeddings needs data.joint_vocab: true (one shared vocabulary)"),
+        (("data.byte_fallback", "data.vocab_size"),
+         data.byte_fallback and data.vocab_size < BYTE_FALLBACK_VOCAB,
+         (f"data.vocab_size ({data.vocab_size}) must be at least {BYTE_FALLBACK_VOCAB} with "
+          "data.byte_fallback: true (4 special pieces, 256 byte pieces, \"▁\" and a "
+          "character), or set data.byte_fallback: false")),
         (("data.src_lang", "data.tgt_lang"), data.src_lang == data.tgt_lang,
          f"data.src_lang and data.tgt_lang must differ, both are {data.src_lang!r}"),
     ]

@@ -76,6 +76,7 @@ class DataConfig:
     spm_model_type: Literal["bpe", "unigram"] = "bpe"
     spm_sample: Count = 1_000_000
     max_len: Count = 100
+    byte_fallback: Bool = True  # a character the vocabulary lacks: its UTF-8 bytes, not UNK
 
 
 @frozen
@@ -150,7 +151,7 @@ class Config:
 # A key added from now on goes here too, with the behaviour its absence meant.
 OLDER_MEANING = {"train.schedule": "inverse_sqrt", "train.ema_decay": 0.0,
                  "train.subword_sampling": 0.0, "train.subword_sampling_tgt": True,
-                 "model.attention_scale": True, "train.watch": 0}
+                 "model.attention_scale": True, "train.watch": 0, "data.byte_fallback": False}
 
 
 def presets() -> list[str]:

@@ -26,7 +26,7 @@ import datasets
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from mha.configs.schema import Config, DataConfig
+from mha.configs.schema import OLDER_MEANING, Config, DataConfig
 from mha.data.corpus import Corpus, corpus_files, hub_fingerprints, load_corpus, roles
 from mha.data.files import DataError
 from mha.data.tokenizer import Tokenizer, train_tokenizer
@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 
 FORMAT = 1  # bump when the encoded layout changes, so older run folders rebuild
 FINGERPRINT, REPORT = "fingerprint.json", "report.json"
+_ABSENT = object()
 ENCODED = datasets.Features({
     "src": datasets.Value("string"), "tgt": datasets.Value("string"),
     "src_ids": datasets.List(datasets.Value("int32")),  # pieces + EOS
@@ -51,18 +52,22 @@ class Prepared:
     report: dict
 
 
-def prepare(cfg: Config, rebuild: bool = False) -> Prepared:
+def prepare(cfg: Config, rebuild: bool = False, tokenizer: Tokenizer | None = None) -> Prepared:
     """Train the tokenizer and encode every split into cfg.run_dir, or reuse what is there.
 
-    Only the training split is filtered by data.max_len. Every call logs what was lost (pairs
-    dropped by data.max_len, pairs that model.max_positions cuts) and writes it to report.json.
-    Raises DataError for a bad corpus.
+    A given `tokenizer` (another run's, for `mha train --init-from`) encodes the corpus instead
+    of a new one; the run folder keeps it, and later calls without it (resume, `mha tokenize`)
+    reuse it. Only the training split is filtered by data.max_len. Every call logs what was lost
+    (pairs dropped by data.max_len, pairs that model.max_positions cuts) and writes it to
+    report.json. Raises DataError for a bad corpus.
     """
     start = time.perf_counter()
     run_dir = Path(cfg.run_dir)
-    fingerprint = data_fingerprint(cfg.data)
+    stored = _stored_fingerprint(run_dir)
+    tokenizer = tokenizer or _kept_tokenizer(run_dir, stored)
+    fingerprint = data_fingerprint(cfg.data, tokenizer)
     prepared = None
-    if not rebuild and _stored_fingerprint(run_dir) == fingerprint["hash"]:
+    if not rebuild and stored is not None and stored.get("hash") == fingerprint["hash"]:
         try:
             prepared = load_prepared(run_dir)
         except DataError as error:  # e.g. the tokenizer folder was deleted by hand
@@ -71,7 +76,7 @@ def prepare(cfg: Config, rebuild: bool = False) -> Prepared:
             log.info("data config and corpus unchanged: reusing %s", run_dir / "data")
     built = prepared is None
     if built:
-        prepared = _build(cfg, fingerprint)
+        prepared = _build(cfg, fingerprint, tokenizer)
     report = prepared.report
     report["seconds"] = round(time.perf_counter() - start, 2)
     report["max_positions"] = cfg.model.max_positions  # not in the fingerprint: counted each time
@@ -129,16 +134,25 @@ def load_prepared(run_dir: str | Path) -> Prepared:
     return Prepared(Tokenizer.load(run_dir / "tokenizer"), splits, report)
 
 
-def data_fingerprint(data: DataConfig) -> dict:
+def data_fingerprint(data: DataConfig, tokenizer: Tokenizer | None = None) -> dict:
     """What the encoded data depends on (data config, corpus files' sizes and mtimes, or a hub
-    dataset's own fingerprints) and its hash."""
+    dataset's own fingerprints, and a tokenizer given from another run) and its hash."""
     files = [[str(path.resolve()), path.stat().st_size, path.stat().st_mtime_ns]
              for pair in corpus_files(data).values() for path in pair]
-    inputs = {"format": FORMAT, "data": dataclasses.asdict(data), "files": files}
+    inputs = {"format": FORMAT, "data": _meaningful(data), "files": files}
+    if tokenizer is not None:
+        inputs["tokenizer"] = tokenizer.digest()
     if data.corpus.startswith("hub:"):
         inputs["hub"] = hub_fingerprints(data)
     digest = hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()
     return {"hash": digest, **inputs}
+
+
+def _meaningful(data: DataConfig) -> dict:
+    """The data config without the keys at their OLDER_MEANING (data.byte_fallback: false): a
+    run prepared before such a key existed keeps its fingerprint, so its data are reused."""
+    return {key: value for key, value in dataclasses.asdict(data).items()
+            if OLDER_MEANING.get(f"data.{key}", _ABSENT) != value}
 
 
 def format_report(report: dict) -> str:
@@ -163,14 +177,18 @@ def format_report(report: dict) -> str:
     return "\n".join(lines)
 
 
-def _build(cfg: Config, fingerprint: dict) -> Prepared:
-    """Read the corpus, train the tokenizer, encode and save every split; time each stage."""
+def _build(cfg: Config, fingerprint: dict, tokenizer: Tokenizer | None) -> Prepared:
+    """Read the corpus, train the tokenizer (unless one is given), encode and save every split;
+    time each stage."""
     run_dir, data_dir = Path(cfg.run_dir), Path(cfg.run_dir) / "data"
     times = [time.perf_counter()]
     corpus = load_corpus(cfg.data)  # its refusals come before anything is written
     times.append(time.perf_counter())
     (data_dir / FINGERPRINT).unlink(missing_ok=True)  # a half-done rebuild must not pass for done
-    tokenizer = train_tokenizer(corpus["train"], cfg.data, run_dir / "tokenizer")
+    if tokenizer is None:
+        tokenizer = train_tokenizer(corpus["train"], cfg.data, run_dir / "tokenizer")
+    else:  # another run's: its ids, so its weights fit
+        tokenizer.save(run_dir / "tokenizer")
     times.append(time.perf_counter())
     for leftover in sorted(run_dir.glob(".encoding-*")):  # a killed build's; never read
         shutil.rmtree(leftover, ignore_errors=True)
@@ -193,15 +211,28 @@ def _build(cfg: Config, fingerprint: dict) -> Prepared:
     return Prepared(tokenizer, splits, report)
 
 
-def _stored_fingerprint(run_dir: Path) -> str | None:
+def _stored_fingerprint(run_dir: Path) -> dict | None:
     path = run_dir / "data" / FINGERPRINT
     if not path.is_file():
         return None
     try:
-        return json.loads(path.read_text()).get("hash")
+        stored = json.loads(path.read_text())
     except json.JSONDecodeError:
         log.warning("%s is not valid JSON: rebuilding", path)
         return None
+    return stored if isinstance(stored, dict) else None
+
+
+def _kept_tokenizer(run_dir: Path, stored: dict | None) -> Tokenizer | None:
+    """The run's tokenizer when it came from another run (its fingerprint says so), else None."""
+    if stored is None or "tokenizer" not in stored:
+        return None
+    try:
+        return Tokenizer.load(run_dir / "tokenizer")
+    except (DataError, RuntimeError) as error:
+        raise DataError(f"{run_dir} was prepared with another run's tokenizer (mha train "
+                        f"--init-from), which does not load from {run_dir / 'tokenizer'} "
+                        f"({error}); start the run again") from error
 
 
 def _check_not_empty(splits: datasets.DatasetDict, data: DataConfig) -> None:

@@ -2,11 +2,14 @@
 
 Special ids are fixed in every model: PAD=0, UNK=1, BOS=2, EOS=3. Sources are encoded as
 pieces + EOS, targets as BOS + pieces + EOS. The model protos travel as bytes (`to_state`), so a
-checkpoint carries its tokenizer.
+checkpoint carries its tokenizer. With data.byte_fallback (SentencePiece's option) the vocabulary
+also holds 256 byte pieces, and a character it lacks is encoded as its UTF-8 bytes instead of
+UNK, so names, emoji and rare letters come through decoding unchanged.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import itertools
 import logging
@@ -76,8 +79,9 @@ class Tokenizer:
 
     def unknown_characters(self, texts: Iterable[str]) -> Counter[str]:
         """The characters of texts that the source vocabulary lacks, with their counts: each is
-        encoded as UNK and comes out as "⁇". Characters are counted as SentencePiece sees them,
-        after its NFKC normalization: "e" + a combining acute accent is "é"."""
+        encoded as UNK and comes out as "⁇" (with byte fallback: none). Characters are counted as
+        SentencePiece sees them, after its NFKC normalization: "e" + a combining acute accent is
+        "é"."""
         texts = list(texts)
         unknown: Counter[str] = Counter()
         for text, ids in zip(texts, self._src.encode(texts, out_type=int)):
@@ -134,6 +138,10 @@ class Tokenizer:
         raise DataError(f"no tokenizer in {folder}: expected {JOINT_FILE}, or {SRC_FILE} and "
                         f"{TGT_FILE} (run `mha tokenize CONFIG`)")
 
+    def digest(self) -> str:
+        """SHA-256 of the model protos: equal digests, equal ids."""
+        return hashlib.sha256(b"".join(proto or b"" for proto in self._protos)).hexdigest()
+
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Tokenizer) and self._protos == other._protos
 
@@ -169,13 +177,15 @@ def _train_model(sentences: Iterator[str], data: DataConfig) -> bytes:
         spm.SentencePieceTrainer.train(
             sentence_iterator=sentences, model_writer=model, vocab_size=data.vocab_size,
             model_type=data.spm_model_type, character_coverage=1.0,
+            byte_fallback=data.byte_fallback,
             pad_id=Tokenizer.PAD, unk_id=Tokenizer.UNK, bos_id=Tokenizer.BOS,
             eos_id=Tokenizer.EOS, num_threads=os.cpu_count() or 1, minloglevel=2)
     except RuntimeError as error:
         reason = _TOO_BIG.search(str(error))
         if reason is None:
             raise
-        raise DataError(f"data.vocab_size ({data.vocab_size}) does not fit this corpus: "
+        room = " (data.byte_fallback adds 256 byte pieces)" if data.byte_fallback else ""
+        raise DataError(f"data.vocab_size ({data.vocab_size}) does not fit this corpus{room}: "
                         f"SentencePiece says {reason[0]!r}") from error
     return model.getvalue()
 

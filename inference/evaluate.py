@@ -70,11 +70,13 @@ def eval_set(
 def evaluate(
     engine: Engine, sources: list[str], references: list[str], *, batch_size: int, beam: int,
     hyp_path: Path | None = None, result_path: Path | None = None, provenance: dict | None = None,
+    ensemble: list[dict] | None = None,
 ) -> dict:
     """Translate sources with `engine` (mha's or an exported model), score against references,
     write the hypotheses (atomically) to hyp_path and the returned dict as JSON (atomically) to
     result_path, for `mha compare` to read; `provenance` (where the run and this evaluation come
-    from) goes into the result as is.
+    from) and `ensemble` (its members, when `engine` decodes several runs) go into the result as
+    they are.
 
     Returns score()'s keys plus sentences, seconds, sentences_per_second, beam and hypotheses.
     """
@@ -88,7 +90,8 @@ def evaluate(
     result = {**result, "sentences": len(sources), "seconds": round(seconds, 3),
               "sentences_per_second": round(len(sources) / max(seconds, 1e-9), 1), "beam": beam,
               "hypotheses": str(hyp_path) if hyp_path is not None else None,
-              **({"provenance": provenance} if provenance is not None else {})}
+              **({"provenance": provenance} if provenance is not None else {}),
+              **({"ensemble": ensemble} if ensemble else {})}
     if result_path is not None:
         text = json.dumps(result, indent=1).encode("utf-8")
         atomic_write(result_path, lambda file: file.write(text))

@@ -79,10 +79,12 @@ def file_hashes(paths: list[Path]) -> dict[str, str]:
 
 
 def record_run(run_dir: Path, step: int, device: torch.device, precision: str,
-               corpus: dict[str, str]) -> dict:
-    """Append this start (or resumption) at `step` to RUN/provenance.json; returns the entry."""
+               corpus: dict[str, str], init_from: dict | None = None) -> dict:
+    """Append this start (or resumption) at `step` to RUN/provenance.json; returns the entry.
+    `init_from` names the run and checkpoint whose weights a new run starts from."""
     entry = {"step": step, "time": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-             **environment(device), "precision": precision, "corpus": corpus}
+             **environment(device), "precision": precision, "corpus": corpus,
+             **({"init_from": init_from} if init_from else {})}
     entries = read_run(run_dir) + [entry]
     text = json.dumps(entries, indent=1).encode("utf-8")
     atomic_write(Path(run_dir) / FILE, lambda file: file.write(text))

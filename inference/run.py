@@ -56,14 +56,7 @@ def load_model(
     """
     run_dir = Path(run_dir)
     target = pick_device(device)
-    path = checkpoint.resolve(run_dir, which)
-    state = checkpoint.load(path)
-    try:
-        cfg = from_dict(state["config"])
-    except ConfigError as error:
-        raise CheckpointError(f"checkpoint {path} holds an unusable config: {error}") from error
-    tokenizer = _tokenizer(state["tokenizer"], path)
-    _check_run_agrees(run_dir, path, cfg, tokenizer)
+    path, state, cfg, tokenizer = read_checkpoint(run_dir, which)
     cfg = apply_tuned(cfg, run_dir, state["step"])  # RUN/decode.yaml, from `mha tune-decode`
     try:
         model = Transformer(cfg.model, tokenizer.src_vocab_size, tokenizer.tgt_vocab_size,
@@ -73,6 +66,23 @@ def load_model(
     _load_weights(model, state["model"], path)
     log.debug("loaded %s (step %s) on %s", path, state["step"], target)
     return fuse_projections(model.to(target).eval()), tokenizer, cfg
+
+
+def read_checkpoint(run_dir: Path, which: str = "best") -> tuple[Path, dict, Config, Tokenizer]:
+    """Checkpoint `which` (best, last or a path) of `run_dir`: its path, its state, its config
+    and its tokenizer, checked against the run folder's config.yaml and tokenizer/.
+
+    Raises CheckpointError as `load_model` does.
+    """
+    path = checkpoint.resolve(Path(run_dir), which)
+    state = checkpoint.load(path)
+    try:
+        cfg = from_dict(state["config"])
+    except ConfigError as error:
+        raise CheckpointError(f"checkpoint {path} holds an unusable config: {error}") from error
+    tokenizer = _tokenizer(state["tokenizer"], path)
+    _check_run_agrees(Path(run_dir), path, cfg, tokenizer)
+    return path, state, cfg, tokenizer
 
 
 def _tokenizer(state: object, path: Path) -> Tokenizer:

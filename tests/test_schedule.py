@@ -124,7 +124,8 @@ def test_the_quick_preset_fits_five_minutes_with_a_planned_linear_decay(tmp_path
     assert parse_duration(cfg.train.max_time) <= 270  # tokenizing and the last validation fit
     assert cfg.train.schedule == "linear" and cfg.train.eval_every >= cfg.train.warmup_steps
     small = load_config("quick", [f"run_dir={tmp_path}", f"data.corpus={small_corpus}",
-                                  "data.vocab_size=300", "train.max_steps=3",
+                                  "data.vocab_size=300", "data.byte_fallback=false",
+                                  "train.max_steps=3",
                                   "train.warmup_steps=1"])
     assert train(small).progress.step == 3
 

@@ -20,7 +20,8 @@ from mha.data.prepare import Prepared, load_prepared, prepare
 def make_config(run_dir: Path, corpus: Path | str, max_positions: int = 1002,
                 **data: object) -> Config:
     """A config for corpus with a tiny vocabulary and (unless given) no max_len filtering."""
-    data = {"corpus": str(corpus), "vocab_size": 200, "max_len": max_positions - 2, **data}
+    data = {"corpus": str(corpus), "vocab_size": 200, "byte_fallback": False,
+            "max_len": max_positions - 2, **data}
     return from_dict({"run_dir": str(run_dir), "data": data,
                       "model": {"max_positions": max_positions}})
 
@@ -109,7 +110,8 @@ def test_load_prepared_without_data(tmp_path: Path) -> None:
 
 def write_yaml(tmp_path: Path, corpus: Path) -> Path:
     path = tmp_path / "small.yaml"
-    path.write_text(f"run_dir: {tmp_path / 'run'}\ndata:\n  corpus: {corpus}\n  vocab_size: 200\n")
+    path.write_text(f"run_dir: {tmp_path / 'run'}\ndata:\n  corpus: {corpus}\n  vocab_size: 200\n"
+                    "  byte_fallback: false\n")
     return path
 
 

@@ -22,7 +22,7 @@ def train_rows(small_corpus: Path) -> datasets.Dataset:
 
 @pytest.fixture(scope="module")
 def joint(train_rows: datasets.Dataset, tmp_path_factory: pytest.TempPathFactory) -> Tokenizer:
-    data = DataConfig(vocab_size=VOCAB, joint_vocab=True)
+    data = DataConfig(vocab_size=VOCAB, byte_fallback=False, joint_vocab=True)
     return train_tokenizer(train_rows, data, tmp_path_factory.mktemp("joint"))
 
 
@@ -61,7 +61,8 @@ def test_joint_model_is_one_file(joint: Tokenizer, tmp_path: Path) -> None:
 
 
 def test_separate_models(train_rows: datasets.Dataset, tmp_path: Path) -> None:
-    data = DataConfig(vocab_size=VOCAB, joint_vocab=False, spm_model_type="unigram")
+    data = DataConfig(vocab_size=VOCAB, byte_fallback=False, joint_vocab=False,
+                      spm_model_type="unigram")
     separate = train_tokenizer(train_rows, data, tmp_path)
     assert not separate.joint
     assert separate.src_vocab_size == separate.tgt_vocab_size == VOCAB
@@ -92,7 +93,7 @@ def test_vocab_too_large_names_the_size(train_rows: datasets.Dataset, tmp_path: 
 
 def test_trains_on_at_most_spm_sample_pairs(train_rows: datasets.Dataset, tmp_path: Path) -> None:
     # 300 pairs easily hold 200 unigram pieces (test_separate_models); a sample of 1 cannot
-    data = DataConfig(vocab_size=VOCAB, spm_model_type="unigram", spm_sample=1)
+    data = DataConfig(vocab_size=VOCAB, byte_fallback=False, spm_model_type="unigram", spm_sample=1)
     with pytest.raises(DataError, match="does not fit"):
         train_tokenizer(train_rows, data, tmp_path)
 

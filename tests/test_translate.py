@@ -188,7 +188,7 @@ def _corrupt(run: Path, how: str) -> None:
             (run / "config.yaml").read_text().replace("d_model: 64", "d_model: 32"))
     elif how == "other vocabulary":
         pairs = datasets.Dataset.from_dict({"src": SENTENCES * 20, "tgt": SENTENCES[::-1] * 20})
-        train_tokenizer(pairs, DataConfig(vocab_size=60), run / "tokenizer")
+        train_tokenizer(pairs, DataConfig(vocab_size=60, byte_fallback=False), run / "tokenizer")
     elif how == "broken tokenizer":
         (run / "tokenizer" / "spm.model").write_bytes(b"not a model")
     elif how == "weights":

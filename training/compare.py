@@ -103,7 +103,8 @@ def read_run(folder: Path) -> Run:
 def _test_bleu(folder: Path) -> tuple[float, str] | None:
     """The test split's BLEU from `mha eval`: greedy when it was scored greedily, else the
     first beam size scored."""
-    paths = sorted(folder.glob("test.*.json"), key=lambda p: (p.stem != "test.greedy", p.stem))
+    paths = sorted((p for p in folder.glob("test.*.json") if ".ensemble" not in p.stem),
+                   key=lambda p: (p.stem != "test.greedy", p.stem))  # an ensemble is not the run
     if not paths:
         return None
     try:

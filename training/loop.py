@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from mha.configs.schema import Config, dump, parse_duration, to_dict
+from mha.configs.schema import Config, ConfigError, dump, parse_duration, to_dict
 from mha.data.prepare import load_prepared, prepare
 from mha.data.runlock import run_lock
 from mha.data.sampling import SubwordSampler
@@ -25,6 +25,7 @@ from mha.inference.run import pick_device
 from mha.model.transformer import Transformer
 from mha.training.distributed import Distributed
 from mha.training.ema import EMA
+from mha.training.init_from import Source, load_source, load_weights
 from mha.training.keeping import Keeper, averaged_snapshots
 from mha.training.loss import RealTokenLogits, summed_loss
 from mha.training.monitor import Monitor
@@ -49,13 +50,18 @@ class Trained:
     model: Transformer  # the final weights (best.pt may hold better ones)
 
 
-def train(cfg: Config, resume: bool = False) -> Trained:
-    """Train to the first of max_steps, max_time, patience or a signal."""
+def train(cfg: Config, resume: bool = False, init_from: str | None = None) -> Trained:
+    """Train to the first of max_steps, max_time, patience or a signal; a new run may start from
+    another run's weights and tokenizer (`init_from`: RUN[:CHECKPOINT], training/init_from.py)."""
+    if init_from is not None and resume:
+        raise ConfigError("--init-from starts a new run from another run's weights, --resume "
+                          "continues this run from its own: give one of them")
+    source = load_source(init_from, cfg) if init_from is not None else None  # before any write
     dist = Distributed.from_env(cfg.train.device)
     lock = run_lock(cfg.run_dir, "train") if dist.is_main else contextlib.nullcontext()
     try:
         with lock:  # rank 0 holds the run folder for the job
-            trainer = Trainer(cfg, resume, dist)
+            trainer = Trainer(cfg, resume, dist, source)
             try:
                 return trainer.run()
             finally:  # also after an error: the bar ends its line before the error is printed
@@ -68,18 +74,21 @@ def train(cfg: Config, resume: bool = False) -> Trained:
 class Trainer:
     """One run: `__init__` sets it up concern by concern, `run` updates, validates, finishes."""
 
-    def __init__(self, cfg: Config, resume: bool, dist: Distributed) -> None:
+    def __init__(self, cfg: Config, resume: bool, dist: Distributed,
+                 source: Source | None = None) -> None:
         self.cfg, self.settings, self.dist = cfg, cfg.train, dist
         self.device = self._setup_device()
         self.keeper = Keeper(Path(cfg.run_dir), self.settings.average_last, self._state)
         saved = saved_state(self.keeper.last, cfg, resume)  # refusals come before any write
         if dist.is_main:  # before anything writes
             self.keeper.remove_leftovers()
-        prepared = prepare(cfg) if dist.is_main else None  # rank 0 tokenizes when needed
+        tokenizer = source.tokenizer if source else None  # --init-from: the run's tokenizer
+        prepared = prepare(cfg, tokenizer=tokenizer) if dist.is_main else None  # rank 0 only
         dist.barrier()
         self.prepared = prepared or load_prepared(cfg.run_dir)
         self.progress = Progress()  # the schedule reads it; a resumed run replaces it
-        self._setup_model()
+        self.init_from = source.record() if source else (saved or {}).get("init_from")
+        self._setup_model(source)
         if saved:
             self.progress = restore(saved, self.model, self.optim, dist.rank, self.ema)
         self._setup_data()
@@ -102,14 +111,17 @@ class Trainer:
         check_precision(self.settings.precision, device)
         return device
 
-    def _setup_model(self) -> None:
-        """The model (the same weights on every rank), Adam with its schedule, the average."""
+    def _setup_model(self, source: Source | None) -> None:
+        """The model (the same weights on every rank: new, or a source run's), Adam with its
+        schedule, the average."""
         settings = self.settings
         torch.manual_seed(settings.seed)
         random.seed(settings.seed)
         tokenizer = self.prepared.tokenizer
         self.model = Transformer(self.cfg.model, tokenizer.src_vocab_size,
                                  tokenizer.tgt_vocab_size).to(self.device)
+        if source is not None:
+            load_weights(self.model, source)
         torch.manual_seed(settings.seed + self.dist.rank)  # a dropout stream each
         self.optim = Optimizer(self.model, settings, self.device,
                                lambda step: lr_factor(step, settings, self.progress))
@@ -129,14 +141,16 @@ class Trainer:
         run_dir = self.keeper.run_dir
         checkpoint.write(run_dir / "config.yaml", lambda f: f.write(dump(self.cfg).encode()))
         record_run(run_dir, self.progress.step, self.device,
-                   self.progress.precision or self.settings.precision, corpus_record(self.cfg.data))
+                   self.progress.precision or self.settings.precision, corpus_record(self.cfg.data),
+                   init_from=None if self.progress.step else self.init_from)
 
     def _state(self) -> dict:
         """What a checkpoint holds; `restore` takes it back."""
         return {"step": self.progress.step, "config": to_dict(self.cfg),
                 "tokenizer": self.prepared.tokenizer.to_state(), "model": self.model.state_dict(),
                 **self.optim.state_dict(), "progress": dataclasses.asdict(self.progress),
-                "rng": self.rng_states, "ema": self.ema.state_dict() if self.ema else None}
+                "rng": self.rng_states, "ema": self.ema.state_dict() if self.ema else None,
+                "init_from": self.init_from}
 
     def run(self) -> Trained:
         """Update until a budget, patience or a signal says stop; then validate and save."""
