@@ -35,7 +35,7 @@ LARGE = {
     "train.batch_tokens": 10**7, "train.accumulate": 1000, "train.lr": 10.0,
     "train.warmup_steps": 10**6, "train.clip_norm": 1e6, "train.weight_decay": 10.0,
     "train.eval_every": 10**6, "train.log_every": 10**6, "train.patience": 1000,
-    "train.average_last": 1000, "train.num_threads": 256, "decode.beam": 32,
+    "train.average_last": 1000, "train.num_threads": 256, "train.watch": 1000, "decode.beam": 32,
     "decode.length_penalty": 5.0, "decode.max_len_a": 100.0, "decode.max_len_b": 1000,
     "decode.batch_size": 10**4,
 }
