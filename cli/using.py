@@ -123,6 +123,10 @@ def explore(
     beam: BeamOpt = None,
     which: CheckpointOpt = "best",
     device: DeviceOpt = "auto",
+    history: Annotated[bool | None, typer.Option(
+        "--history/--no-history", help="The training tab: the watched sentences' attention at "
+        "every validation (default: when the run kept it, train.watch).",
+        show_default=False)] = None,
 ) -> None:
     """Write one self-contained HTML page that shows every attention weight, step by step."""
     from mha.data.files import read_lines
@@ -132,7 +136,7 @@ def explore(
     lines = read_lines(input_file) if input_file else texts or []
     output = output_file or run_dir / "explore.html"
     write_page(run_dir, lines, output, which=which, beam=beam, device=device,
-               name=str(input_file or "the arguments"))
+               name=str(input_file or "the arguments"), history=history)
     typer.echo(f"{output}: {len(lines)} of at most 100 sentences; open it in a browser")
 
 

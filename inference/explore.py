@@ -22,6 +22,10 @@ each head. A file that does not parse, fails the check or describes another mode
 left out with one warning.
 `mha serve` gives the same JSON for each typed sentence (POST /explore) and serves the page in
 live mode (live.js added: a text box, and the server's answers replace the page's data).
+
+Two more tabs come with their own keys: `history` (the training tab: RUN/attention_history as
+train.watch kept it, explore_history.py; on by default when the run has one) and `embeddings`
+(the model's embedding tables, int8, searched in the page: explore_embeddings.py).
 """
 
 from __future__ import annotations
@@ -41,6 +45,8 @@ from mha.configs.schema import DecodeConfig
 from mha.data.files import DataError, atomic_write
 from mha.data.tokenizer import Tokenizer
 from mha.inference import checkpoint
+from mha.inference.explore_embeddings import embedding_data
+from mha.inference.explore_history import check_history, history_data
 from mha.inference.pictures import attention_weights
 from mha.inference.run import load_model
 from mha.inference.translate import unknown_message
@@ -51,7 +57,8 @@ log = logging.getLogger(__name__)
 MAX_SENTENCES = 100
 DECIMALS = 4
 CANDIDATES = 5
-PAGE_FILES = ("page.html", "page.css", "figures.js", "importance.js", "page.js")
+PAGE_FILES = ("page.html", "page.css", "figures.js", "importance.js", "history.js",
+              "embeddings.js", "page.js")  # page.js last: it starts the page
 HEADS_FILE = "heads.json"
 LIVE_FILE = "live.js"  # the live page's data source: the text box and POST /explore
 
@@ -221,20 +228,24 @@ def page_html(data: dict, title: str = "mha explore", *, live: bool = False) -> 
 
 def explore(
     run_dir: Path, texts: list[str], output: Path, *, which: str = "best", beam: int | None = None,
-    device: str = "auto", name: str = "the sentences",
+    device: str = "auto", name: str = "the sentences", history: bool | None = None,
 ) -> dict:
     """Write the page for `texts` to `output` (atomically); returns its data. Characters the
     tokenizer lacks are named in one warning, as `mha translate` does (`name` says where from).
+    `history`: the training tab; None: when the run kept an attention history.
 
-    Raises DataError for a bad request (see check_request), CheckpointError for a folder that
-    holds no usable run.
+    Raises DataError for a bad request (see check_request; `history` True on a run without an
+    attention history), CheckpointError for a folder that holds no usable run.
     """
     checkpoint.resolve(Path(run_dir), which)  # a folder that is not a run fails first, and fast
     check_request(texts, output)
+    check_history(run_dir, history)
     model, tokenizer, cfg = load_model(run_dir, which, device)
     data = page_data(model, tokenizer, cfg.decode, texts, run_dir=run_dir, which=which,
                      beam=beam or cfg.decode.beam, name=name)
     data.update(head_figures(run_dir, which, data["model"]))
+    data.update(history_data(run_dir, data["model"], history))
+    data.update(embedding_data(model, tokenizer))
     for warning in data["warnings"]:
         log.warning("%s", warning)
     page = page_html(data, f"mha explore: {run_dir}").encode("utf-8")

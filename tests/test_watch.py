@@ -6,10 +6,10 @@ import torch
 from helpers import tiny
 
 from mha.data.prepare import load_prepared
+from mha.inference.history import FOLDER, read_history
 from mha.inference.run import load_model
 from mha.model.attention import AttentionRecorder
 from mha.training.loop import train
-from mha.training.watch import FOLDER, read_history
 
 WATCH = ("train.eval_every=3", "train.watch=2")
 

@@ -2,11 +2,8 @@
 
 With `train.watch` N (0: off), the validation split's first N sentence pairs are forced along
 their references after each validation (one sentence at a time, so no padding) and every weight
-of every head of the three kinds is kept, 8-bit: round(w * 255), a weight in [0, 1] to within
-1/510. Files, in RUN/attention_history/:
-    sentences.json   src (S pieces, EOS last), tgt_in (T pieces: BOS, reference), tgt_out (T)
-    step_0000150.pt  {"step", "weights": [per sentence {name: uint8 (H, Tq, Tk)}]}
-names as AttentionRecorder gives them ("encoder.0.self_attn", "decoder.1.cross_attn", ...).
+of every head of the three kinds is kept, 8-bit, in RUN/attention_history/: the files and their
+reading (`read_history`) are described in inference/history.py.
 A resumed run first removes the steps after its checkpoint, so the history has neither gaps nor
 duplicates; each file is written atomically.
 """
@@ -21,11 +18,9 @@ import torch
 from mha.data.files import atomic_write
 from mha.data.prepare import Prepared
 from mha.inference import checkpoint
+from mha.inference.history import FOLDER, LEVELS
 from mha.model.attention import AttentionRecorder
 from mha.model.transformer import Transformer
-
-FOLDER = "attention_history"
-LEVELS = 255  # uint8
 
 
 class Watch:
@@ -62,15 +57,3 @@ class Watch:
         model.train(training)
         checkpoint.write(self.folder / f"step_{step:07d}.pt",
                          lambda file: torch.save({"step": step, "weights": kept}, file))
-
-
-def read_history(run_dir: Path) -> tuple[list[dict], dict[int, list[dict]]]:
-    """The watched sentences and step -> per sentence {name: weights (H, Tq, Tk) in [0, 1]}."""
-    folder = Path(run_dir) / FOLDER
-    sentences = json.loads((folder / "sentences.json").read_text(encoding="utf-8"))
-    history = {}
-    for path in sorted(folder.glob("step_*.pt")):
-        state = torch.load(path, weights_only=True)
-        history[state["step"]] = [{name: w.float() / LEVELS for name, w in sentence.items()}
-                                  for sentence in state["weights"]]
-    return sentences, history

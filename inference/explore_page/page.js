@@ -1,8 +1,10 @@
 "use strict";
 // The explore page: reads the JSON in #mha-data (written by mha.inference.explore) and draws
-// four views of it. Everything the page shows is derived from `state`; tests read it through
-// window.mhaState. Needs figures.js (wordGroups, mergeMatrix, headFigures, ...) and
-// importance.js (the stored head figures' colours and texts) loaded first.
+// its views of it. Everything the page shows is derived from `state`; tests read it through
+// window.mhaState. Needs figures.js (wordGroups, mergeMatrix, headFigures, ...),
+// importance.js (the stored head figures' colours and texts) and the views in files of their own
+// (history.js: the training tab; embeddings.js) loaded first. A token that shows a piece carries
+// data-piece (and data-word when it is a merged word): a click on it looks it up in embeddings.js.
 
 const DATA = JSON.parse(document.getElementById("mha-data").textContent);
 const REPORT = DATA.heads || null;  // RUN/heads.json, as explore.py checked it; null without
@@ -20,6 +22,7 @@ const COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b"
 const VIRIDIS = [[68, 1, 84], [59, 82, 139], [33, 145, 140], [94, 201, 98], [253, 231, 37]];
 const LINE_MIN = 0.005;  // lighter lines are not drawn: invisible, and they would crowd the SVG
 const HIDDEN_COLOUR = "#b0b0b0", HIDDEN_OPACITY = 0.3;  // a hidden head's lines: grey, faint
+const EXTRA_VIEWS = [HISTORY_VIEW, EMBEDDINGS_VIEW];  // each {setUp(), render()}, own files
 
 const state = {
   sentence: 0, kind: "cross", view: "model", merge: false, layer: 0, average: false, step: 0,
@@ -44,6 +47,11 @@ function color(weight) {  // viridis, 0 dark purple to 1 yellow
   const i = Math.min(Math.floor(x), VIRIDIS.length - 2);
   const c = VIRIDIS[i].map((v, k) => Math.round(v + (VIRIDIS[i + 1][k] - v) * (x - i)));
   return `rgb(${c.join(",")})`;
+}
+
+// A shown token's data-piece, and data-word when subwords are merged into words.
+function pieceAttributes(text) {
+  return state.merge ? { "data-piece": text, "data-word": "" } : { "data-piece": text };
 }
 
 function headKey(kind, layer, head) {
@@ -145,8 +153,21 @@ function renderEnlarged(rows, cols, layers) {
   const chosen = state.enlarged;
   box.hidden = !chosen || chosen[0] >= layers.length;
   if (box.hidden) return;
-  const [l, h] = chosen, matrix = layers[l][h], cell = 20;
-  const canvas = $("enlarged-canvas"), context = canvas.getContext("2d");
+  const [l, h] = chosen, matrix = layers[l][h], cell = 20, canvas = $("enlarged-canvas");
+  const { left, top } = drawLabelled(canvas, rows, cols, matrix, cell);
+  $("enlarged-title").textContent = `${KINDS[state.kind].title}, layer ${l + 1}, head ${h + 1}` +
+    " (rows attend to columns)";
+  canvas.onmousemove = (event) => {
+    const i = Math.floor((event.offsetY - top) / cell), j = Math.floor((event.offsetX - left) / cell);
+    $("enlarged-cell").textContent = i >= 0 && j >= 0 && i < rows.length && j < cols.length
+      ? `${rows[i]} \u2192 ${cols[j]}: ${matrix[i][j].toFixed(4)}` : "";
+  };
+}
+
+// A heatmap with its row labels on the left and column labels above; cell i, j starts at
+// (left + j * cell, top + i * cell), kept in the canvas's data-left, data-top and data-cell.
+function drawLabelled(canvas, rows, cols, matrix, cell) {
+  const context = canvas.getContext("2d");
   context.font = "12px system-ui, sans-serif";
   const widest = (labels) => Math.max(0, ...labels.map((t) => context.measureText(t).width));
   const left = widest(rows) + 10, top = widest(cols) + 10;
@@ -166,13 +187,8 @@ function renderEnlarged(rows, cols, layers) {
     context.restore();
   });
   drawMatrix(canvas, matrix, cell, left, top);
-  $("enlarged-title").textContent = `${KINDS[state.kind].title}, layer ${l + 1}, head ${h + 1}` +
-    " (rows attend to columns)";
-  canvas.onmousemove = (event) => {
-    const i = Math.floor((event.offsetY - top) / cell), j = Math.floor((event.offsetX - left) / cell);
-    $("enlarged-cell").textContent = i >= 0 && j >= 0 && i < rows.length && j < cols.length
-      ? `${rows[i]} \u2192 ${cols[j]}: ${matrix[i][j].toFixed(4)}` : "";
-  };
+  Object.assign(canvas.dataset, { left, top, cell });
+  return { left, top };
 }
 
 const SVG = "http://www.w3.org/2000/svg";
@@ -257,7 +273,7 @@ function renderHead() {
   const token = (side, text, i) => {
     const node = element("text", {
       x: side === "left" ? leftX : rightX, y: y(i), class: `token ${side}`, "data-index": i,
-      "text-anchor": side === "left" ? "end" : "start",
+      "text-anchor": side === "left" ? "end" : "start", ...pieceAttributes(text),
     }, text, SVG);
     node.addEventListener("mouseenter", () => hover({ side, index: i }));
     node.addEventListener("mouseleave", () => hover(null));
@@ -300,10 +316,10 @@ function renderSteps() {
   const step = s.steps[state.step];
   $("step-label").textContent = `${state.step + 1} of ${T}: chose ${step.chosen}`;
   $("prefix").replaceChildren(...s.tgt_out.slice(0, state.step + 1).map((t, i) =>
-    element("span", { class: i === state.step ? "current" : "" }, t)));
+    element("span", { class: i === state.step ? "current" : "", "data-piece": t }, t)));
   $("candidates").replaceChildren(...step.candidates.map(([piece, p]) => {
-    const item = element("li", { class: piece === step.chosen ? "chosen-token" : "" },
-      `${piece} ${(100 * p).toFixed(1)}%`);
+    const item = element("li", { class: piece === step.chosen ? "chosen-token" : "",
+      "data-piece": piece }, `${piece} ${(100 * p).toFixed(1)}%`);
     const bar = element("span", { class: "bar" });
     bar.style.width = `${Math.round(200 * p)}px`;
     item.append(bar);
@@ -320,7 +336,7 @@ function renderStepAttention(s) {
   const labels = state.merge ? wordLabels(s.src, groups) : s.src;
   const table = $("step-attention");
   const header = element("tr", {}, null);
-  header.append(element("th", {}, ""), ...labels.map((t) => element("th", {}, t)));
+  header.append(element("th", {}, ""), ...labels.map((t) => element("th", pieceAttributes(t), t)));
   table.replaceChildren(header);
   s.weights.cross.forEach((heads, l) => heads.forEach((matrix, h) => {
     const tr = element("tr", { class: isHidden(l, h, "cross") ? "hidden-head" : "" }, null);
@@ -393,6 +409,7 @@ function render() {
   renderHead();
   renderSteps();
   renderFigures();
+  for (const view of EXTRA_VIEWS) view.render();
 }
 
 function update(patch) {
@@ -426,7 +443,9 @@ function setUp() {
   for (const tab of document.querySelectorAll(".tab")) {
     tab.addEventListener("click", () => update({ view: tab.dataset.view }));
   }
-  window.mhaState = Object.assign(state, { data: DATA, current, figures, update, stored, show });
+  window.mhaState = Object.assign(state, { data: DATA, current, figures, update, stored, show,
+                                            color });
+  for (const view of EXTRA_VIEWS) view.setUp();
   renderHeadsInfo();
   render();
 }
