@@ -92,4 +92,4 @@ def main() -> None:
 
 
 # the commands register themselves on `app` when imported
-from mha.cli import making, using  # noqa: F401
+from mha.cli import making, scoring, using  # noqa: F401

@@ -8,70 +8,94 @@ from typing import Annotated
 
 import typer
 
+from mha.cli import decoding as opt
 from mha.cli.app import command, fail
 from mha.cli.engines import check_engine, open_engine
 
+MODEL, PICTURE = "Model and engine", "Attention picture"
 RunArg = Annotated[Path, typer.Argument(help="A run folder made by `mha train`.")]
 CheckpointOpt = Annotated[str, typer.Option(
-    "--checkpoint", help="best, last or a checkpoint path.")]
+    "--checkpoint", help="best, last or a checkpoint path.", rich_help_panel=MODEL)]
 DeviceOpt = Annotated[str, typer.Option(
-    "--device", help="auto (cuda when available), cpu or cuda.")]
+    "--device", help="auto (cuda when available), cpu or cuda.", rich_help_panel=MODEL)]
 BeamOpt = Annotated[int | None, typer.Option(
-    "--beam", min=1, help="Beam size; 1 is greedy (default: the run's decode.beam).")]
+    "--beam", min=1, help="Beam size; 1 is greedy (default: the run's decode.beam).",
+    rich_help_panel=opt.SEARCH)]
 BatchOpt = Annotated[int | None, typer.Option(
-    "--batch-size", min=1, help="Sentences per batch (default: the run's decode.batch_size).")]
+    "--batch-size", min=1, help="Sentences per batch (default: the run's decode.batch_size).",
+    rich_help_panel=MODEL)]
 EngineOpt = Annotated[str, typer.Option(
     "--engine", help="mha (its own decoder) or ctranslate2 (the model `mha export` wrote into "
-    "RUN/ctranslate2; RUN may also be that folder).")]
+    "RUN/ctranslate2; RUN may also be that folder).", rich_help_panel=MODEL)]
 
 
 @command
 def translate(
     run_dir: RunArg,
     texts: Annotated[list[str] | None, typer.Argument(
-        help="Sentences; without them, --input or stdin.", show_default=False)] = None,
+        help="Sentences; without them, --input or stdin. A tab and a second column in a line "
+        "is its --prefix.", show_default=False)] = None,
     input_file: Annotated[Path | None, typer.Option(
-        "--input", help="Translate this file, a sentence a line.")] = None,
+        "--input", help="Translate this file, a sentence a line.",
+        rich_help_panel=opt.OUTPUT)] = None,
     output_file: Annotated[Path | None, typer.Option(
-        "--output", help="Write here (atomically), not stdout.")] = None,
+        "--output", help="Write here (atomically), not stdout.", rich_help_panel=opt.OUTPUT)
+    ] = None,
+    as_json: opt.JsonOpt = False,
+    token_scores: opt.TokenScoresOpt = False,
+    beam: BeamOpt = None,
+    nbest: opt.NbestOpt = None,
+    prefix: opt.PrefixOpt = None,
+    no_cache: Annotated[bool, typer.Option(
+        "--no-cache", help="Greedy without the KV cache (same output, slower).",
+        rich_help_panel=opt.SEARCH)] = False,
+    sample: opt.SampleOpt = False,
+    top_k: opt.TopKOpt = None,
+    top_p: opt.TopPOpt = None,
+    temperature: opt.TemperatureOpt = None,
+    seed: opt.SeedOpt = None,
     which: CheckpointOpt = "best",
     batch_size: BatchOpt = None,
-    beam: BeamOpt = None,
-    no_cache: Annotated[bool, typer.Option(
-        "--no-cache", help="Greedy without the KV cache (same output, slower).")] = False,
     device: DeviceOpt = "auto",
-    attention: Annotated[Path | None, typer.Option(
-        "--attention", help="Draw the sentence's attention into this PNG.")] = None,
-    self_attention: Annotated[bool, typer.Option(
-        "--self-attention", help="With --attention, draw self-attention too.")] = False,
     engine: EngineOpt = "mha",
+    attention: Annotated[Path | None, typer.Option(
+        "--attention", help="Draw the sentence's attention into this PNG.",
+        rich_help_panel=PICTURE)] = None,
+    self_attention: Annotated[bool, typer.Option(
+        "--self-attention", help="With --attention, draw self-attention too.",
+        rich_help_panel=PICTURE)] = False,
 ) -> None:
-    """Translate sentences from the arguments, a file or stdin: one output line per input line."""
+    """Translate sentences from the arguments, a file or stdin: one output line per input line
+    (N with --nbest)."""
     from mha.cli.stdin import stdin_chunks
     from mha.data.files import read_lines
     from mha.inference.translate import (
-        translate_chunks,
-        translate_lines,
+        CHUNK_BATCHES,
+        chunked,
+        decode_chunks,
         warn_unknown_characters,
         warn_unknown_in_chunks,
     )
 
     _check_sources(texts, input_file, attention, self_attention, engine, no_cache)
+    opt.check_output_options(attention=attention is not None, nbest=nbest, as_json=as_json,
+                             token_scores=token_scores, sample=sample, prefix=prefix)
+    sampling = opt.sampling_of(sample, top_k, top_p, temperature, seed)
     lines = read_lines(input_file) if input_file else texts  # fails before the model loads
     translator, decode = open_engine(run_dir, engine, which, device, use_cache=not no_cache)
-    tokenizer = translator.tokenizer
+    search = opt.search_of(beam, decode.beam, nbest, sampling)
+    tokenizer, batch_size = translator.tokenizer, batch_size or decode.batch_size
     if lines is not None:
         warn_unknown_characters(tokenizer, lines, str(input_file or "the arguments"))
-    options = {"batch_size": batch_size or decode.batch_size, "beam": beam or decode.beam}
     if attention:  # decoded once, for the picture and the answer
-        outputs = [_draw(translator.model, tokenizer, texts[0], decode, options["beam"],
-                         attention, self_attention)]
-    elif lines is not None:
-        outputs = translate_lines(translator, lines, **options)
-    else:
-        chunks = warn_unknown_in_chunks(tokenizer, stdin_chunks(options["batch_size"]))
-        outputs = translate_chunks(translator, chunks, **options)
-    _emit(outputs, output_file)
+        _emit([_draw(translator.model, tokenizer, texts[0], decode, search.beam, attention,
+                     self_attention)], output_file)
+        return
+    chunks = (chunked(iter(lines), batch_size * CHUNK_BATCHES) if lines is not None else
+              warn_unknown_in_chunks(tokenizer, stdin_chunks(batch_size)))
+    translations = decode_chunks(translator, chunks, search, batch_size=batch_size,
+                                 prefix=prefix or "", token_scores=token_scores)
+    _emit(opt.printed(translations, nbest=nbest, as_json=as_json), output_file)
 
 
 def _check_sources(texts: list[str] | None, input_file: Path | None, attention: Path | None,

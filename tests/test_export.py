@@ -23,6 +23,7 @@ from helpers import SENTENCES, assert_user_error, invoke, make_tiny_run
 from mha.inference.ct2 import CTranslate2Engine, compare_greedy, top2_margin
 from mha.inference.export import QUANTIZATIONS, ExportError, build_spec, export
 from mha.inference.run import load_model
+from mha.inference.search import Search
 from mha.inference.translate import MhaEngine, encode_sources, translate_chunk, translate_lines
 
 pytestmark = pytest.mark.usefixtures("_one_thread")  # one torch thread: the cores are shared
@@ -73,7 +74,7 @@ def test_float32_export_decodes_like_mha_sentence_by_sentence(ct2, which, reques
     assert agreement.sentences == len(lines) == (300 if which == "tiny" else 150)
     assert agreement.differ == [], [lines[i] for i in agreement.differ]
     assert agreement.equal >= 0.95 * len(lines), agreement  # near ties are rare, not the rule
-    assert any(len(ids) > 3 for ids in engine.decode_ids(sources[:20], beam=1))
+    assert any(len(h[0].ids) > 3 for h in engine.decode(sources[:20], Search()))
 
 
 @torch.no_grad()

@@ -91,8 +91,8 @@ def test_uncached_greedy_gives_the_same_output(tiny_run, loaded, small_corpus):
 def test_beam_of_one_without_length_penalty_is_greedy(loaded):
     model, tokenizer, _ = loaded
     src_ids = _pad(tokenizer.encode_src(SENTENCES))
-    assert beam_search(model, src_ids, beam=1, bos=2, eos=3, length_penalty=0.0) == \
-        greedy(model, src_ids, bos=2, eos=3)
+    beam = beam_search(model, src_ids, beam=1, bos=2, eos=3, length_penalty=0.0)
+    assert [n[0].ids for n in beam] == [h.ids for h in greedy(model, src_ids, bos=2, eos=3)]
 
 
 def test_beam_search_translates_every_line(tiny_run):
