@@ -74,7 +74,7 @@ def search_of(beam: int | None, run_beam: int, nbest: int | None,
         if beam is None and run_beam > 1:
             typer.echo(f"the run's decode.beam ({run_beam}) gives way to --sample", err=True)
         beam = 1
-    return Search(beam=beam or run_beam, nbest=nbest or 1, sampling=sampling)
+    return Search(beam=beam or run_beam, nbest=1 if nbest is None else nbest, sampling=sampling)
 
 
 def check_output_options(*, attention: bool, nbest: int | None, as_json: bool,
