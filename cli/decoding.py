@@ -1,19 +1,43 @@
-"""`mha translate`'s search and output options: n-best, sampling, a forced prefix, JSON, token
-scores; what they allow together, and how each translation prints."""
+"""`mha translate`'s options (input and output, search, sampling, the attention picture): what
+they allow together, where its lines come from and how each translation prints."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
+from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from mha.configs.schema import ConfigError
+from mha.data.tokenizer import Tokenizer
 from mha.inference.search import Search, Translation, json_line, nbest_lines
+from mha.inference.translate import (
+    CHUNK_BATCHES,
+    chunked,
+    warn_unknown_characters,
+    warn_unknown_in_chunks,
+)
 from mha.model.sample import Sampling
 
 SEARCH, OUTPUT = "Search", "Input and output"
-SAMPLING = "Sampling (instead of greedy or beam search)"
+SAMPLING, PICTURE = "Sampling (instead of greedy or beam search)", "Attention picture"
+
+TextsArg = Annotated[list[str] | None, typer.Argument(
+    help="Sentences; without them, --input or stdin. A tab and a second column in a line is its "
+    "--prefix.", show_default=False)]
+InputOpt = Annotated[Path | None, typer.Option(
+    "--input", help="Translate this file, a sentence a line.", rich_help_panel=OUTPUT)]
+OutputOpt = Annotated[Path | None, typer.Option(
+    "--output", help="Write here (atomically), not stdout.", rich_help_panel=OUTPUT)]
+NoCacheOpt = Annotated[bool, typer.Option(
+    "--no-cache", help="Greedy without the KV cache (same output, slower).",
+    rich_help_panel=SEARCH)]
+AttentionOpt = Annotated[Path | None, typer.Option(
+    "--attention", help="Draw the sentence's attention into this PNG.", rich_help_panel=PICTURE)]
+SelfAttentionOpt = Annotated[bool, typer.Option(
+    "--self-attention", help="With --attention, draw self-attention too.",
+    rich_help_panel=PICTURE)]
 
 NbestOpt = Annotated[int | None, typer.Option(
     "--nbest", help="Print the N best hypotheses per input, each `rank<TAB>score<TAB>"
@@ -88,6 +112,18 @@ def check_output_options(*, attention: bool, nbest: int | None, as_json: bool,
     if attention and others:
         raise ConfigError(f"--attention draws one greedy or beam translation: not with "
                           f"{', '.join(others)}")
+
+
+def input_chunks(tokenizer: Tokenizer, lines: list[str] | None, name: str,
+                 batch_size: int) -> Iterator[list[str]]:
+    """Chunks of `lines` (named `name` in the one warning about characters the tokenizer lacks),
+    or of stdin as its lines arrive, with such a warning per chunk."""
+    from mha.cli.stdin import stdin_chunks
+
+    if lines is None:
+        return warn_unknown_in_chunks(tokenizer, stdin_chunks(batch_size))
+    warn_unknown_characters(tokenizer, lines, name)
+    return chunked(iter(lines), batch_size * CHUNK_BATCHES)
 
 
 def printed(translations: Iterable[Translation], *, nbest: int | None,

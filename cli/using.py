@@ -12,7 +12,7 @@ from mha.cli import decoding as opt
 from mha.cli.app import command, fail
 from mha.cli.engines import check_engine, open_engine
 
-MODEL, PICTURE = "Model and engine", "Attention picture"
+MODEL = "Model and engine"
 RunArg = Annotated[Path, typer.Argument(help="A run folder made by `mha train`.")]
 CheckpointOpt = Annotated[str, typer.Option(
     "--checkpoint", help="best, last or a checkpoint path.", rich_help_panel=MODEL)]
@@ -32,23 +32,15 @@ EngineOpt = Annotated[str, typer.Option(
 @command
 def translate(
     run_dir: RunArg,
-    texts: Annotated[list[str] | None, typer.Argument(
-        help="Sentences; without them, --input or stdin. A tab and a second column in a line "
-        "is its --prefix.", show_default=False)] = None,
-    input_file: Annotated[Path | None, typer.Option(
-        "--input", help="Translate this file, a sentence a line.",
-        rich_help_panel=opt.OUTPUT)] = None,
-    output_file: Annotated[Path | None, typer.Option(
-        "--output", help="Write here (atomically), not stdout.", rich_help_panel=opt.OUTPUT)
-    ] = None,
+    texts: opt.TextsArg = None,
+    input_file: opt.InputOpt = None,
+    output_file: opt.OutputOpt = None,
     as_json: opt.JsonOpt = False,
     token_scores: opt.TokenScoresOpt = False,
     beam: BeamOpt = None,
     nbest: opt.NbestOpt = None,
     prefix: opt.PrefixOpt = None,
-    no_cache: Annotated[bool, typer.Option(
-        "--no-cache", help="Greedy without the KV cache (same output, slower).",
-        rich_help_panel=opt.SEARCH)] = False,
+    no_cache: opt.NoCacheOpt = False,
     sample: opt.SampleOpt = False,
     top_k: opt.TopKOpt = None,
     top_p: opt.TopPOpt = None,
@@ -58,24 +50,13 @@ def translate(
     batch_size: BatchOpt = None,
     device: DeviceOpt = "auto",
     engine: EngineOpt = "mha",
-    attention: Annotated[Path | None, typer.Option(
-        "--attention", help="Draw the sentence's attention into this PNG.",
-        rich_help_panel=PICTURE)] = None,
-    self_attention: Annotated[bool, typer.Option(
-        "--self-attention", help="With --attention, draw self-attention too.",
-        rich_help_panel=PICTURE)] = False,
+    attention: opt.AttentionOpt = None,
+    self_attention: opt.SelfAttentionOpt = False,
 ) -> None:
     """Translate sentences from the arguments, a file or stdin: one output line per input line
     (N with --nbest)."""
-    from mha.cli.stdin import stdin_chunks
     from mha.data.files import read_lines
-    from mha.inference.translate import (
-        CHUNK_BATCHES,
-        chunked,
-        decode_chunks,
-        warn_unknown_characters,
-        warn_unknown_in_chunks,
-    )
+    from mha.inference.translate import decode_chunks
 
     _check_sources(texts, input_file, attention, self_attention, engine, no_cache)
     opt.check_output_options(attention=attention is not None, nbest=nbest, as_json=as_json,
@@ -84,15 +65,13 @@ def translate(
     lines = read_lines(input_file) if input_file else texts  # fails before the model loads
     translator, decode = open_engine(run_dir, engine, which, device, use_cache=not no_cache)
     search = opt.search_of(beam, decode.beam, nbest, sampling)
-    tokenizer, batch_size = translator.tokenizer, batch_size or decode.batch_size
-    if lines is not None:
-        warn_unknown_characters(tokenizer, lines, str(input_file or "the arguments"))
+    batch_size = batch_size or decode.batch_size
+    chunks = opt.input_chunks(translator.tokenizer, lines, str(input_file or "the arguments"),
+                              batch_size)
     if attention:  # decoded once, for the picture and the answer
-        _emit([_draw(translator.model, tokenizer, texts[0], decode, search.beam, attention,
-                     self_attention)], output_file)
+        _emit([_draw(translator.model, translator.tokenizer, texts[0], decode, search.beam,
+                     attention, self_attention)], output_file)
         return
-    chunks = (chunked(iter(lines), batch_size * CHUNK_BATCHES) if lines is not None else
-              warn_unknown_in_chunks(tokenizer, stdin_chunks(batch_size)))
     translations = decode_chunks(translator, chunks, search, batch_size=batch_size,
                                  prefix=prefix or "", token_scores=token_scores)
     _emit(opt.printed(translations, nbest=nbest, as_json=as_json), output_file)
