@@ -23,8 +23,9 @@ from mha.model.transformer import Transformer
 
 @dataclass(frozen=True, order=True)
 class Hypothesis:
-    """One output: ids without BOS/EOS (a forced prefix included), the score the search ranks
-    by and the summed log-probability of the tokens the model chose."""
+    """One output: the score the search ranks by (hypotheses sort by it), the summed
+    log-probability of the tokens the model chose, and the ids without BOS/EOS (a forced
+    prefix included)."""
 
     score: float
     log_prob: float
