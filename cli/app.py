@@ -93,4 +93,4 @@ def main() -> None:
 
 
 # the commands register themselves on `app` when imported
-from mha.cli import making, serving, using  # noqa: F401
+from mha.cli import making, scoring, serving, studying, using  # noqa: F401

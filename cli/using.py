@@ -1,5 +1,4 @@
-"""Commands that use a trained model: translate, eval, explore, tune-decode, export, heads,
-align."""
+"""Commands that use a trained model: translate, eval, explore, tune-decode, export."""
 
 from __future__ import annotations
 
@@ -9,77 +8,80 @@ from typing import Annotated
 
 import typer
 
+from mha.cli import decoding as opt
 from mha.cli.app import command, fail
 from mha.cli.engines import check_engine, check_ensemble, open_engine
 
+MODEL = "Model and engine"
 RunArg = Annotated[Path, typer.Argument(help="A run folder made by `mha train`.")]
 CheckpointOpt = Annotated[str, typer.Option(
-    "--checkpoint", help="best, last or a checkpoint path.")]
+    "--checkpoint", help="best, last or a checkpoint path.", rich_help_panel=MODEL)]
 DeviceOpt = Annotated[str, typer.Option(
-    "--device", help="auto (cuda when available), cpu or cuda.")]
+    "--device", help="auto (cuda when available), cpu or cuda.", rich_help_panel=MODEL)]
 BeamOpt = Annotated[int | None, typer.Option(
-    "--beam", min=1, help="Beam size; 1 is greedy (default: the run's decode.beam).")]
+    "--beam", min=1, help="Beam size; 1 is greedy (default: the run's decode.beam).",
+    rich_help_panel=opt.SEARCH)]
 BatchOpt = Annotated[int | None, typer.Option(
-    "--batch-size", min=1, help="Sentences per batch (default: the run's decode.batch_size).")]
+    "--batch-size", min=1, help="Sentences per batch (default: the run's decode.batch_size).",
+    rich_help_panel=MODEL)]
 EnsembleOpt = Annotated[list[str] | None, typer.Option(
     "--ensemble", help="Decode together with this run folder or checkpoint file (repeatable): "
     "the members' log-probabilities are averaged at each step; they share RUN's tokenizer.",
-    show_default=False)]
+    show_default=False, rich_help_panel=MODEL)]
 EngineOpt = Annotated[str, typer.Option(
     "--engine", help="mha (its own decoder) or ctranslate2 (the model `mha export` wrote into "
-    "RUN/ctranslate2; RUN may also be that folder).")]
+    "RUN/ctranslate2; RUN may also be that folder).", rich_help_panel=MODEL)]
 
 
 @command
 def translate(
     run_dir: RunArg,
-    texts: Annotated[list[str] | None, typer.Argument(
-        help="Sentences; without them, --input or stdin.", show_default=False)] = None,
-    input_file: Annotated[Path | None, typer.Option(
-        "--input", help="Translate this file, a sentence a line.")] = None,
-    output_file: Annotated[Path | None, typer.Option(
-        "--output", help="Write here (atomically), not stdout.")] = None,
+    texts: opt.TextsArg = None,
+    input_file: opt.InputOpt = None,
+    output_file: opt.OutputOpt = None,
+    as_json: opt.JsonOpt = False,
+    token_scores: opt.TokenScoresOpt = False,
+    beam: BeamOpt = None,
+    nbest: opt.NbestOpt = None,
+    prefix: opt.PrefixOpt = None,
+    no_cache: opt.NoCacheOpt = False,
+    sample: opt.SampleOpt = False,
+    top_k: opt.TopKOpt = None,
+    top_p: opt.TopPOpt = None,
+    temperature: opt.TemperatureOpt = None,
+    seed: opt.SeedOpt = None,
     which: CheckpointOpt = "best",
     batch_size: BatchOpt = None,
-    beam: BeamOpt = None,
-    no_cache: Annotated[bool, typer.Option(
-        "--no-cache", help="Greedy without the KV cache (same output, slower).")] = False,
     device: DeviceOpt = "auto",
-    attention: Annotated[Path | None, typer.Option(
-        "--attention", help="Draw the sentence's attention into this PNG.")] = None,
-    self_attention: Annotated[bool, typer.Option(
-        "--self-attention", help="With --attention, draw self-attention too.")] = False,
     engine: EngineOpt = "mha",
     ensemble: EnsembleOpt = None,
+    attention: opt.AttentionOpt = None,
+    self_attention: opt.SelfAttentionOpt = False,
 ) -> None:
-    """Translate sentences from the arguments, a file or stdin: one output line per input line."""
-    from mha.cli.stdin import stdin_chunks
+    """Translate sentences from the arguments, a file or stdin: one output line per input line
+    (N with --nbest)."""
     from mha.data.files import read_lines
-    from mha.inference.translate import (
-        translate_chunks,
-        translate_lines,
-        warn_unknown_characters,
-        warn_unknown_in_chunks,
-    )
+    from mha.inference.translate import decode_chunks
 
     _check_sources(texts, input_file, attention, self_attention, engine, no_cache)
+    opt.check_output_options(attention=attention is not None, nbest=nbest, as_json=as_json,
+                             token_scores=token_scores, sample=sample, prefix=prefix)
     check_ensemble(ensemble, engine, attention is not None)
+    sampling = opt.sampling_of(sample, top_k, top_p, temperature, seed)
     lines = read_lines(input_file) if input_file else texts  # fails before the model loads
     translator, decode = open_engine(run_dir, engine, which, device, use_cache=not no_cache,
                                      ensemble=ensemble)
-    tokenizer = translator.tokenizer
-    if lines is not None:
-        warn_unknown_characters(tokenizer, lines, str(input_file or "the arguments"))
-    options = {"batch_size": batch_size or decode.batch_size, "beam": beam or decode.beam}
+    search = opt.search_of(beam, decode.beam, nbest, sampling)
+    batch_size = batch_size or decode.batch_size
+    chunks = opt.input_chunks(translator.tokenizer, lines, str(input_file or "the arguments"),
+                              batch_size)
     if attention:  # decoded once, for the picture and the answer
-        outputs = [_draw(translator.model, tokenizer, texts[0], decode, options["beam"],
-                         attention, self_attention)]
-    elif lines is not None:
-        outputs = translate_lines(translator, lines, **options)
-    else:
-        chunks = warn_unknown_in_chunks(tokenizer, stdin_chunks(options["batch_size"]))
-        outputs = translate_chunks(translator, chunks, **options)
-    _emit(outputs, output_file)
+        _emit([_draw(translator.model, translator.tokenizer, texts[0], decode, search.beam,
+                     attention, self_attention)], output_file)
+        return
+    translations = decode_chunks(translator, chunks, search, batch_size=batch_size,
+                                 prefix=prefix or "", token_scores=token_scores)
+    _emit(opt.printed(translations, nbest=nbest, as_json=as_json), output_file)
 
 
 def _check_sources(texts: list[str] | None, input_file: Path | None, attention: Path | None,
@@ -255,47 +257,3 @@ def export(
     typer.echo(f"wrote {folder} ({quantization} weights); {folder}/README.md shows how to use it, "
                f"or: mha translate {folder} --engine {to} \"a sentence\"")
 
-
-@command
-def heads(
-    run_dir: RunArg,
-    split: Annotated[str, typer.Option(
-        "--split", help="The run's prepared split to measure on: val or test.")] = "val",
-    limit: Annotated[int | None, typer.Option(
-        "--limit", help="Use only the split's first N sentences (faster).",
-        show_default=False)] = None,
-    which: CheckpointOpt = "best",
-    device: DeviceOpt = "auto",
-) -> None:
-    """Each attention head's importance (loss and greedy BLEU with it removed, and the gradient
-    estimate), its role and entropy, and the pruning curve; writes RUN/heads.json and a picture,
-    RUN/heads.png."""
-    from mha.inference.heads import format_report, measure_heads, write_report
-    from mha.inference.heads_picture import write_picture
-
-    report = measure_heads(run_dir, split, limit, which, device)
-    path, picture = write_report(run_dir, report), write_picture(run_dir, report)
-    typer.echo(f"{format_report(report)}\nwritten to {path} and {picture}")
-
-
-@command
-def align(
-    run_dir: RunArg,
-    split: Annotated[str, typer.Option(
-        "--split", help="The run's prepared split to align: test or val.")] = "test",
-    limit: Annotated[int | None, typer.Option(
-        "--limit", help="Score only the split's first N sentences.", show_default=False)] = None,
-    gold: Annotated[Path | None, typer.Option(
-        "--gold", help="Human links to score against instead of eflomal's: one Pharaoh line per "
-        "sentence, i-j sure, i-pj possible (0-based words).", show_default=False)] = None,
-    which: CheckpointOpt = "best",
-    device: DeviceOpt = "auto",
-) -> None:
-    """How well does attention align words? AER, precision and recall of every encoder-decoder
-    head, each layer's heads averaged and Shift-Att, against eflomal's links (or --gold);
-    writes RUN/align.json."""
-    from mha.inference.align import format_report, measure_alignment, write_report
-
-    report = measure_alignment(run_dir, split, limit, gold, which, device)
-    path = write_report(run_dir, report)
-    typer.echo(f"{format_report(report)}\nwritten to {path}")

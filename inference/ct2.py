@@ -1,12 +1,14 @@
-"""Translate with an exported CTranslate2 model (`--engine ctranslate2`), the way mha does.
+"""Translate and score with an exported CTranslate2 model (`--engine ctranslate2`) as mha does.
 
 Lines become mha's source ids (the same SentencePiece model, the same cut at the model's
 positions), go to CTranslate2 as pieces, and come back as ids that mha's own code turns into
-text. Outputs are capped at a * S + b tokens like mha's (S the source's ids, EOS included).
-CTranslate2 takes one cap per batch: greedy batches decode up to their longest sentence's cap
-and each output is then cut to its own, which is exact, since greedy tokens do not depend on
-where decoding will stop; beam search ranks endings by the cap, so its batches hold sentences
-with one cap.
+text. CTranslate2's own options do the work: `beam_size` and `num_hypotheses` (n-best),
+`sampling_topk`, `sampling_topp` and `sampling_temperature` with `set_random_seed` (sampling),
+`target_prefix` (a forced prefix) and `score_batch` (scoring given targets). Its scores are
+mha's: log-probability / length ** length_penalty, the length counting the end token and the
+prefix, the log-probability leaving the prefix out. Outputs are capped at a * S + b tokens like
+mha's (S the source's ids, EOS included); CTranslate2 takes one cap per batch, so a batch is
+decoded in groups of one cap.
 
 Legend: B batch, S source length, T target length, V vocabulary size.
 """
@@ -23,7 +25,9 @@ from mha.data.tokenizer import Tokenizer
 from mha.inference import export
 from mha.inference.export import ExportError, import_ctranslate2, vocabularies
 from mha.inference.run import pick_device
-from mha.model.decode import greedy, length_limits
+from mha.inference.search import Search
+from mha.model.decode import Hypothesis, greedy, length_limits
+from mha.model.sample import Sampling
 from mha.model.transformer import Transformer
 
 
@@ -54,6 +58,8 @@ class CTranslate2Engine:
         self.tokenizer = Tokenizer.load(self.folder)
         self.source_pieces, self.target_pieces = vocabularies(self.tokenizer)
         self.target_ids = {piece: i for i, piece in enumerate(self.target_pieces)}
+        self.seed: int | None = None  # the seed CTranslate2 draws with, once it has drawn
+        self.set_random_seed = ct2.set_random_seed
         self.max_tokens = self.cfg.model.max_tokens
         on = pick_device(device, cuda=ct2.get_cuda_device_count() > 0).type
         try:
@@ -63,35 +69,73 @@ class CTranslate2Engine:
         except (RuntimeError, ValueError) as error:
             raise ExportError(f"CTranslate2 cannot load {self.folder}: {error}") from None
 
-    def batch_keys(self, sources: list[list[int]], *, beam: int) -> list[int]:
-        """Beam search ranks endings by the length cap: its batches hold sentences with one cap
-        (sources come sorted by length, so equal caps are neighbours)."""
-        return self.length_caps(sources) if beam > 1 and sources else [0] * len(sources)
+    def decode(self, sources: list[list[int]], search: Search,
+               prefixes: list[list[int]] | None = None) -> list[list[Hypothesis]]:
+        """Source ids (ending in EOS) and forced prefixes -> per source, `search.nbest`
+        hypotheses, best first, each within its length cap."""
+        prefixes = prefixes or [[] for _ in sources]
+        caps = self.length_caps(sources, prefixes)
+        found: list[list[Hypothesis]] = [[] for _ in sources]
+        for cap in sorted(set(caps)):
+            group = [i for i, each in enumerate(caps) if each == cap]
+            results = self._translate([sources[i] for i in group], [prefixes[i] for i in group],
+                                      search, cap)
+            for i, hypotheses in zip(group, results):
+                found[i] = hypotheses
+        return found
 
-    def score_ids(self, sources: list[list[int]], outputs: list[list[int]]) -> list[float]:
-        """CTranslate2's teacher-forced log-probabilities of each output and EOS, summed."""
-        results = self.translator.score_batch(
-            [[self.source_pieces[t] for t in ids[:-1]] for ids in sources],  # </s> is added back
-            [[self.target_pieces[t] for t in ids] for ids in outputs], max_input_length=0)
-        return [sum(result.log_probs) for result in results]
-
-    def decode_ids(self, sources: list[list[int]], *, beam: int) -> list[list[int]]:
-        """Source ids (ending in EOS) -> output ids without EOS, each within its length cap."""
-        caps = self.length_caps(sources)
+    def _translate(self, sources: list[list[int]], prefixes: list[list[int]], search: Search,
+                   cap: int) -> list[list[Hypothesis]]:
+        sampling = search.sampling or Sampling(top_k=1)  # CTranslate2's greedy
+        if search.sampling is not None:
+            self._seed(sampling.seed)
+        forced = [[self.target_pieces[t] for t in ids] or None for ids in prefixes]
         results = self.translator.translate_batch(
             [[self.source_pieces[t] for t in ids[:-1]] for ids in sources],  # </s> is added back
-            beam_size=beam, length_penalty=self.cfg.decode.length_penalty, max_input_length=0,
-            min_decoding_length=0, max_decoding_length=max(caps))
-        return [[self.target_ids[piece] for piece in result.hypotheses[0]][:cap]
-                for result, cap in zip(results, caps)]
+            forced if any(forced) else None, beam_size=search.beam,
+            num_hypotheses=search.nbest, length_penalty=self.cfg.decode.length_penalty,
+            sampling_topk=sampling.top_k or 0, sampling_topp=sampling.top_p,
+            sampling_temperature=sampling.temperature, return_scores=True,
+            return_end_token=True, max_input_length=0, min_decoding_length=0,
+            max_decoding_length=cap)
+        return [[self._hypothesis(pieces, score) for pieces, score in
+                 zip(result.hypotheses, result.scores)] for result in results]
 
-    def length_caps(self, sources: list[list[int]]) -> list[int]:
-        """mha's cap per source: a * S + b tokens, within the model's positions."""
+    def _seed(self, seed: int) -> None:
+        """CTranslate2's decoding thread seeds its generator once, at its first draw, from
+        `set_random_seed`: one seed per loaded model, set before that draw."""
+        if self.seed is None:
+            self.set_random_seed(seed)
+            self.seed = seed
+        elif seed != self.seed:
+            raise ExportError(f"CTranslate2 draws with one seed per loaded model: this one "
+                              f"drew with {self.seed}; load it again to draw with {seed}")
+
+    def _hypothesis(self, pieces: list[str], score: float) -> Hypothesis:
+        """mha's Hypothesis from CTranslate2's pieces (the end token last when it ended) and
+        score, log-probability / length ** penalty with the end token in the length."""
+        ended = pieces[-1:] == [self.target_pieces[Tokenizer.EOS]]
+        log_prob = score * len(pieces) ** self.cfg.decode.length_penalty
+        return Hypothesis(score, log_prob,
+                          [self.target_ids[piece] for piece in pieces[:len(pieces) - ended]])
+
+    def score(self, sources: list[list[int]], targets: list[list[int]]) -> list[list[float]]:
+        """Each target token's log-probability, by CTranslate2's `score_batch`."""
+        results = self.translator.score_batch(
+            [[self.source_pieces[t] for t in ids[:-1]] for ids in sources],
+            [[self.target_pieces[t] for t in ids[:-1]] for ids in targets],  # </s> added back
+            max_input_length=0)
+        return [result.log_probs for result in results]
+
+    def length_caps(self, sources: list[list[int]], prefixes: list[list[int]]) -> list[int]:
+        """mha's cap per source: a * S + b tokens, one past a forced prefix, within the model's
+        positions."""
         lengths = torch.tensor([len(ids) for ids in sources])  # (B,)
         padding = torch.arange(int(lengths.max()))[None, :] >= lengths[:, None]  # (B, S)
         decode = self.cfg.decode
         return length_limits(padding, decode.max_len_a, decode.max_len_b,
-                             self.cfg.model.max_tokens).tolist()
+                             self.cfg.model.max_tokens,
+                             torch.tensor([len(ids) for ids in prefixes])).tolist()
 
 
 @dataclass
@@ -114,8 +158,8 @@ def compare_greedy(model: Transformer, engine: CTranslate2Engine, sources: list[
     for index, ids in enumerate(sources):
         src_ids = torch.tensor([ids])  # (1, S)
         ours = greedy(model, src_ids, bos=Tokenizer.BOS, eos=Tokenizer.EOS,
-                      max_len_a=decode.max_len_a, max_len_b=decode.max_len_b)[0]
-        theirs = engine.decode_ids([ids], beam=1)[0]
+                      max_len_a=decode.max_len_a, max_len_b=decode.max_len_b)[0].ids
+        theirs = engine.decode([ids], Search())[0][0].ids
         agreement.sentences += 1
         if ours == theirs:
             agreement.equal += 1

@@ -20,6 +20,7 @@ from torch import Tensor
 from mha.configs.schema import DecodeConfig
 from mha.data.files import atomic_write
 from mha.data.tokenizer import Tokenizer
+from mha.inference.search import Search
 from mha.inference.translate import MhaEngine, encode_sources
 from mha.model.attention import AttentionRecorder
 from mha.model.transformer import Transformer
@@ -53,7 +54,7 @@ def attention_weights(
     pictures and `mha explore`."""
     source = encode_sources(tokenizer, [text], model.cfg.max_tokens)[0] or [Tokenizer.EOS]
     engine = MhaEngine(model, tokenizer, decode_cfg, on_step=on_step)
-    output = engine.decode_ids([source], beam=beam)[0]
+    output = engine.decode([source], Search(beam=beam))[0][0].ids
     device = next(model.parameters()).device
     src_ids = torch.tensor([source], device=device)  # (1, S)
     tgt_in = torch.tensor([[Tokenizer.BOS, *output]], device=device)  # (1, T)

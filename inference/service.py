@@ -21,7 +21,8 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from mha.configs.schema import DecodeConfig, to_dict
 from mha.inference import checkpoint
 from mha.inference.explore import page_data, page_html
-from mha.inference.translate import Engine, MhaEngine, decode_sources, encode_sources
+from mha.inference.search import Search
+from mha.inference.translate import Engine, MhaEngine, decode_chunk
 
 MAX_BEAM = 16  # a larger beam in a request is refused (422): one request must not hold the worker
 WARM_UP = "Ein Mann fährt Fahrrad."
@@ -81,13 +82,11 @@ class Service:
 
     def translate(self, options: DecodeOptions, lines: list[str]) -> list[Translation]:
         """A merged batch (at most the batcher's cap), decoded as one; in input order."""
-        sources = encode_sources(self.tokenizer, lines, self.engine.max_tokens)
-        outputs = decode_sources(self.engine, sources, batch_size=len(lines), beam=options.beam)
-        done = [i for i, ids in enumerate(outputs) if ids is not None]
-        scores = dict(zip(done, self.engine.score_ids([sources[i] for i in done],
-                                                      [outputs[i] for i in done]) if done else []))
-        return [Translation(self.tokenizer.decode_tgt(ids), round(scores[i], 4), len(ids) + 1)
-                if ids is not None else Translation("", None, 0) for i, ids in enumerate(outputs)]
+        found = decode_chunk(self.engine, lines, Search(beam=options.beam),
+                             batch_size=len(lines))
+        best = [t.hypotheses[0] if t.hypotheses else None for t in found]
+        return [Translation(t.text, round(h.log_prob, 4), len(h.ids) + 1) if h is not None
+                else Translation("", None, 0) for t, h in zip(found, best)]
 
     def explore(self, options: DecodeOptions, text: str) -> bytes:
         """The explore page's JSON for one sentence, serialised here, off the event loop."""

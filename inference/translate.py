@@ -1,14 +1,15 @@
 """Translate lines of text: one decoding engine interface and the one batching loop.
 
-An `Engine` turns batches of source ids into output ids: `MhaEngine` (mha's own decoder) and
-`CTranslate2Engine` (inference/ct2.py, an exported model) both implement it. Everything around a
+An `Engine` turns batches of source ids into hypotheses, and scores given targets: `MhaEngine`
+(mha's own decoder) and `CTranslate2Engine` (inference/ct2.py, an exported model) both implement
+it; a `Search` says how: beam size, hypotheses kept (n-best), or sampling. Everything around a
 batch lives here, once: lines arrive in chunks; inside a chunk, sentences are sorted by length and
 decoded `batch_size` at a time (so a batch holds little padding), then put back in input order.
 Empty lines skip the engine and come out empty. A chunk's translations are yielded as soon as it
 is done, so a pipe that writes one line at a time gets each answer before it writes the next
-(cli/stdin.py).
+(cli/stdin.py). Search, Translation and forced prefixes: inference/search.py.
 
-Legend: B batch, S source length.
+Legend: B batch, S source length, T target length, N real target tokens in a batch, V vocabulary.
 """
 
 from __future__ import annotations
@@ -21,8 +22,12 @@ from typing import Protocol
 import torch
 
 from mha.configs.schema import DecodeConfig
+from mha.data.batching import collate
 from mha.data.tokenizer import Tokenizer
-from mha.model.decode import beam_search, greedy
+from mha.inference.search import Search, Translation, encode_prefixes, split_prefixes
+from mha.model.decode import Hypothesis, beam_search, greedy, most_probable
+from mha.model.masks import padding_mask
+from mha.model.sample import Sampler
 from mha.model.transformer import Transformer
 
 log = logging.getLogger(__name__)
@@ -32,63 +37,77 @@ UNKNOWN_SHOWN = 20  # a warning about unknown characters names at most this many
 
 
 class Engine(Protocol):
-    """What the batching loop needs from a decoder (scoring a batch and attention may join)."""
+    """What the batching loop needs from a decoder."""
 
     tokenizer: Tokenizer
     max_tokens: int  # longest source, in ids with EOS
 
-    def decode_ids(self, sources: list[list[int]], *, beam: int) -> list[list[int]]:
-        """One batch: source ids (each ending in EOS) -> output ids without BOS/EOS."""
+    def decode(self, sources: list[list[int]], search: Search,
+               prefixes: list[list[int]] | None = None) -> list[list[Hypothesis]]:
+        """One batch: source ids (each ending in EOS) and forced target prefixes (ids, [] for
+        none) -> per source, its `search.nbest` hypotheses, best first."""
 
-    def batch_keys(self, sources: list[list[int]], *, beam: int) -> list[int]:
-        """Per source, a key that must be equal within a batch (so a batch may end early)."""
-
-    def score_ids(self, sources: list[list[int]], outputs: list[list[int]]) -> list[float]:
-        """One batch: the log-probability (natural log) of each output followed by EOS, given
-        its source: the sum over its tokens, as the model scores them teacher-forced."""
+    def score(self, sources: list[list[int]], targets: list[list[int]]) -> list[list[float]]:
+        """One batch, teacher-forced: each target token's log-probability (targets: ids ending
+        in EOS, without BOS)."""
 
 
 class MhaEngine:
-    """mha's own decoder: greedy (beam 1, with or without the KV cache) or beam search (whose
+    """mha's own decoder: greedy (with or without the KV cache), sampling or beam search (whose
     live prefixes and scores `on_step` sees at each step, as in model/decode.py)."""
 
     def __init__(self, model: Transformer, tokenizer: Tokenizer, decode_cfg: DecodeConfig, *,
                  use_cache: bool = True, on_step: Callable | None = None) -> None:
         self.model, self.tokenizer, self.decode_cfg = model, tokenizer, decode_cfg
         self.use_cache, self.on_step, self.max_tokens = use_cache, on_step, model.cfg.max_tokens
+        self.sampler: Sampler | None = None  # seeded once, on the first batch that samples
 
-    def decode_ids(self, sources: list[list[int]], *, beam: int) -> list[list[int]]:
+    def decode(self, sources: list[list[int]], search: Search,
+               prefixes: list[list[int]] | None = None) -> list[list[Hypothesis]]:
         model, cfg = self.model, self.decode_cfg
-        src_ids = _padded(sources, model.pad_id).to(next(model.parameters()).device)  # (B, S)
-        limits = {"bos": Tokenizer.BOS, "eos": Tokenizer.EOS, "max_len_a": cfg.max_len_a,
-                  "max_len_b": cfg.max_len_b}
-        if beam > 1:
-            return beam_search(model, src_ids, beam=beam, length_penalty=cfg.length_penalty,
-                               on_step=self.on_step, **limits)
-        return greedy(model, src_ids, use_cache=self.use_cache, **limits)
+        device = next(model.parameters()).device
+        src_ids = _padded(sources, model.pad_id).to(device)  # (B, S)
+        forced = _padded(prefixes, -1).to(device) if prefixes and any(prefixes) else None  # (B, P)
+        options = {"bos": Tokenizer.BOS, "eos": Tokenizer.EOS, "max_len_a": cfg.max_len_a,
+                   "max_len_b": cfg.max_len_b, "length_penalty": cfg.length_penalty,
+                   "prefixes": forced}
+        if search.beam > 1:
+            return beam_search(model, src_ids, beam=search.beam, nbest=search.nbest,
+                               on_step=self.on_step, **options)
+        return [[hypothesis] for hypothesis in greedy(
+            model, src_ids, use_cache=self.use_cache, choose=self._choice(search, device),
+            **options)]
 
-    def batch_keys(self, sources: list[list[int]], *, beam: int) -> list[int]:
-        return [0] * len(sources)  # any sentences may share a batch
+    def _choice(self, search: Search, device: torch.device) -> Callable:
+        if search.sampling is None:
+            return most_probable
+        if self.sampler is None or self.sampler.sampling != search.sampling:
+            self.sampler = Sampler(search.sampling, device)
+        return self.sampler
 
     @torch.no_grad()
-    def score_ids(self, sources: list[list[int]], outputs: list[list[int]]) -> list[float]:
-        model, pad = self.model, self.model.pad_id
+    def score(self, sources: list[list[int]], targets: list[list[int]]) -> list[list[float]]:
+        """The loss of training without label smoothing, negated, token by token."""
+        model = self.model
         device = next(model.parameters()).device
-        src_ids = _padded(sources, pad).to(device)  # (B, S)
-        tgt_in = _padded([[Tokenizer.BOS, *ids] for ids in outputs], pad).to(device)  # (B, T)
-        tgt_out = _padded([[*ids, Tokenizer.EOS] for ids in outputs], pad).to(device)  # (B, T)
-        # decoder self-attention is causal: padding after an output changes none of its steps
-        log_probs = model(src_ids, tgt_in).float().log_softmax(dim=-1)  # (B, T, V)
-        token = log_probs.gather(-1, tgt_out[..., None]).squeeze(-1)  # (B, T)
-        return token.masked_fill(tgt_out.eq(pad), 0.0).sum(dim=-1).tolist()
+        batch = collate(sources, [[Tokenizer.BOS, *ids] for ids in targets], model.pad_id)
+        src_ids, tgt_in, tgt_out = (batch.src_ids.to(device), batch.tgt_in.to(device),
+                                    batch.tgt_out.to(device))  # (B, S), (B, T), (B, T)
+        real = tgt_out.ne(model.pad_id)  # (B, T)
+        src_pad_mask = padding_mask(src_ids, model.pad_id)
+        memory = model.encode(src_ids, src_pad_mask)  # (B, S, D)
+        log_probs = model.logits(model.decode(tgt_in, memory, src_pad_mask)[real])  # (N, V)
+        log_probs = log_probs.float().log_softmax(dim=-1)
+        chosen = log_probs.gather(1, tgt_out[real][:, None]).squeeze(1)  # (N,), row by row
+        return [row.tolist() for row in chosen.split(real.sum(dim=1).tolist())]
 
 
 def _padded(rows: list[list[int]], pad: int) -> torch.Tensor:
-    """Lists of ids -> (B, longest), padded on the right."""
-    ids = torch.full((len(rows), max(map(len, rows))), pad)
-    for row, values in enumerate(rows):
-        ids[row, :len(values)] = torch.tensor(values)
-    return ids
+    """Lists of ids -> (B, longest), padded on the right with `pad`."""
+    out = torch.full((len(rows), max(map(len, rows))), pad, dtype=torch.long)
+    for row, ids in enumerate(rows):
+        out[row, :len(ids)] = torch.tensor(ids, dtype=torch.long)
+    return out
 
 
 def translate_lines(engine: Engine, lines: Iterable[str], *, batch_size: int,
@@ -110,31 +129,79 @@ def translate_chunks(engine: Engine, chunks: Iterable[list[str]], *, batch_size:
 
 def translate_chunk(engine: Engine, lines: list[str], *, batch_size: int, beam: int,
                     first_line: int = 1) -> list[str]:
-    """Translate `lines` in batches formed by length; returns the translations in input order.
+    """Translate `lines` in batches formed by length; returns the translations in input order."""
+    translations = decode_chunk(engine, lines, Search(beam=beam), batch_size=batch_size,
+                                first_line=first_line)
+    return [translation.text for translation in translations]
 
-    A source longer than the model's positions is cut to max_tokens (max_positions - 1), with a
-    warning naming its line (counted from first_line).
+
+def decode_chunks(engine: Engine, chunks: Iterable[list[str]], search: Search, *,
+                  batch_size: int, prefix: str = "", token_scores: bool = False,
+                  ) -> Iterator[Translation]:
+    """`mha translate`'s loop: each line is a source, or a source, a tab and the target prefix to
+    force (`prefix` where a line has none); a chunk's translations come out as it is done."""
+    first_line = 1
+    for chunk in chunks:
+        sources, prefixes = split_prefixes(chunk, prefix)
+        yield from decode_chunk(engine, sources, search, batch_size=batch_size, prefixes=prefixes,
+                                token_scores=token_scores, first_line=first_line)
+        first_line += len(chunk)
+
+
+def decode_chunk(engine: Engine, lines: list[str], search: Search, *, batch_size: int,
+                 prefixes: list[str] | None = None, token_scores: bool = False,
+                 first_line: int = 1) -> list[Translation]:
+    """Decode `lines` (with their target prefixes) in batches formed by length; returns a
+    Translation per line, in input order.
+
+    A source longer than the model's positions is cut to max_tokens (max_positions - 1), and a
+    prefix to max_tokens - 1, with a warning naming its line (counted from first_line).
     """
-    sources = encode_sources(engine.tokenizer, lines, engine.max_tokens, first_line)
-    outputs = decode_sources(engine, sources, batch_size=batch_size, beam=beam)
-    return [engine.tokenizer.decode_tgt(ids) if ids is not None else "" for ids in outputs]
+    tokenizer = engine.tokenizer
+    sources = encode_sources(tokenizer, lines, engine.max_tokens, first_line)
+    forced = encode_prefixes(tokenizer, prefixes or [""] * len(lines), engine.max_tokens,
+                             first_line)
+    found: list[list[Hypothesis]] = [[] for _ in lines]
+    for batch in batches(sources, batch_size):
+        hypotheses = engine.decode([sources[i] for i in batch], search, [forced[i] for i in batch])
+        for i, nbest in zip(batch, hypotheses):
+            found[i] = nbest
+    translations = [Translation(nbest, [tokenizer.decode_tgt(h.ids) for h in nbest])
+                    for nbest in found]
+    if token_scores:
+        add_token_scores(engine, sources, translations, batch_size)
+    return translations
 
 
-def decode_sources(engine: Engine, sources: list[list[int]], *, batch_size: int,
-                   beam: int) -> list[list[int] | None]:
-    """Output ids per source (None for an empty one, which skips the engine), decoded in batches
-    of sources of similar length; in input order."""
+def batches(sources: list[list[int]], batch_size: int) -> Iterator[list[int]]:
+    """Indices of the non-empty sources, longest first, `batch_size` at a time."""
     order = sorted((i for i, ids in enumerate(sources) if ids), key=lambda i: -len(sources[i]))
-    keys = dict(zip(order, engine.batch_keys([sources[i] for i in order], beam=beam)))
-    out: list[list[int] | None] = [None] * len(sources)
-    batch: list[int] = []
-    for i in [*order, None]:  # None: the end, which closes the last batch
-        if batch and (i is None or len(batch) == batch_size or keys[i] != keys[batch[0]]):
-            for j, ids in zip(batch, engine.decode_ids([sources[j] for j in batch], beam=beam)):
-                out[j] = ids
-            batch = []
-        batch.append(i)
-    return out
+    for start in range(0, len(order), batch_size):
+        yield order[start:start + batch_size]
+
+
+def score_ids(engine: Engine, sources: list[list[int]], targets: list[list[int]],
+              batch_size: int) -> list[list[float]]:
+    """Each target token's log-probability, teacher-forced, in batches formed by length."""
+    scores: list[list[float]] = [[] for _ in sources]
+    for batch in batches(sources, batch_size):
+        for i, row in zip(batch, engine.score([sources[i] for i in batch],
+                                              [targets[i] for i in batch])):
+            scores[i] = row
+    return scores
+
+
+def add_token_scores(engine: Engine, sources: list[list[int]],
+                     translations: list[Translation], batch_size: int) -> None:
+    """Fill each translation's `tokens`: per hypothesis, its pieces and EOS, each with its
+    teacher-forced log-probability."""
+    pairs = [(source, [*h.ids, Tokenizer.EOS]) for source, t in zip(sources, translations)
+             for h in t.hypotheses]
+    scores = iter(score_ids(engine, [s for s, _ in pairs], [t for _, t in pairs], batch_size))
+    for translation in translations:
+        translation.tokens = [
+            list(zip(engine.tokenizer.tgt_pieces([*h.ids, Tokenizer.EOS]), next(scores)))
+            for h in translation.hypotheses]
 
 
 def encode_sources(

@@ -15,6 +15,7 @@ from mha.configs.checks import RANGES, Range
 from mha.configs.schema import Config, ConfigError, load_config
 from mha.data.batching import TokenBatches, collate
 from mha.data.tokenizer import Tokenizer
+from mha.inference.search import Search
 from mha.inference.translate import MhaEngine
 from mha.model.transformer import Transformer
 from mha.training.ema import EMA
@@ -165,9 +166,9 @@ def decode_longest(model: Transformer, cfg: Config) -> None:
     sources = [[5] * cfg.data.max_len + [Tokenizer.EOS], [4, Tokenizer.EOS]]
     for beam in sorted({1, cfg.decode.beam}):
         for start in range(0, len(sources), cfg.decode.batch_size):
-            outputs = MhaEngine(model, None, cfg.decode).decode_ids(
-                sources[start:start + cfg.decode.batch_size], beam=beam)
-            assert all(len(ids) <= cfg.model.max_tokens for ids in outputs)
+            outputs = MhaEngine(model, None, cfg.decode).decode(
+                sources[start:start + cfg.decode.batch_size], Search(beam=beam))
+            assert all(len(h[0].ids) <= cfg.model.max_tokens for h in outputs)
 
 
 def test_odd_d_model_needs_learned_positions() -> None:

@@ -55,7 +55,7 @@ def test_the_page_holds_the_models_own_weights(explored, loaded, open_page):
     sentences = state(opened, "data.sentences")
     for text, held in zip(TEXTS, sentences):
         source = tokenizer.encode_src([text])[0] if text else [Tokenizer.EOS]
-        output = greedy(model, torch.tensor([source]), bos=Tokenizer.BOS, eos=Tokenizer.EOS)[0]
+        output = greedy(model, torch.tensor([source]), bos=Tokenizer.BOS, eos=Tokenizer.EOS)[0].ids
         assert held["tgt_in"] == tokenizer.tgt_pieces([Tokenizer.BOS, *output])
         reference = model_attention(model, source, output)
         for kind in KINDS:

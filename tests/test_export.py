@@ -23,6 +23,7 @@ from helpers import SENTENCES, assert_user_error, invoke, make_tiny_run
 from mha.inference.ct2 import CTranslate2Engine, compare_greedy, top2_margin
 from mha.inference.export import QUANTIZATIONS, ExportError, build_spec, export
 from mha.inference.run import load_model
+from mha.inference.search import Search
 from mha.inference.translate import MhaEngine, encode_sources, translate_chunk, translate_lines
 
 pytestmark = pytest.mark.usefixtures("_one_thread")  # one torch thread: the cores are shared
@@ -73,7 +74,7 @@ def test_float32_export_decodes_like_mha_sentence_by_sentence(ct2, which, reques
     assert agreement.sentences == len(lines) == (300 if which == "tiny" else 150)
     assert agreement.differ == [], [lines[i] for i in agreement.differ]
     assert agreement.equal >= 0.95 * len(lines), agreement  # near ties are rare, not the rule
-    assert any(len(ids) > 3 for ids in engine.decode_ids(sources[:20], beam=1))
+    assert any(len(h[0].ids) > 3 for h in engine.decode(sources[:20], Search()))
 
 
 @torch.no_grad()
@@ -88,15 +89,6 @@ def test_top2_margin_is_the_gap_between_mha_best_two_logits_where_outputs_part(l
     first = model(src_ids, torch.tensor([[2]]))[0, -1].topk(2).values
     assert top2_margin(model, src_ids, ours, [8]) == pytest.approx(float(first[0] - first[1]))
 
-
-def test_ctranslate2_scores_outputs_as_mha_does(ct2, exported, loaded):
-    model, tokenizer, cfg = loaded
-    ours = MhaEngine(model, tokenizer, cfg.decode)
-    sources = [tokenizer.encode_src([text])[0] for text in SENTENCES]
-    outputs = [ours.decode_ids([ids], beam=1)[0] for ids in sources]
-    outputs[1] = outputs[1][:2]  # any output, not only the one the model chose
-    theirs = CTranslate2Engine(exported, threads=1).score_ids(sources, outputs)
-    assert theirs == pytest.approx(ours.score_ids(sources, outputs), abs=1e-3)
 
 
 def test_engine_commands_translate_and_score_like_mha(ct2, run_copy, loaded, small_corpus):

@@ -26,6 +26,7 @@ from helpers import (
 )
 
 from mha.data.tokenizer import Tokenizer
+from mha.inference.search import Search
 from mha.inference.translate import MhaEngine
 
 pytestmark = pytest.mark.usefixtures("_one_thread")  # one torch thread: the cores are shared
@@ -66,7 +67,7 @@ def test_translations_are_mha_translates_with_their_scores(served, tiny_run, loa
         if not text:
             assert item == {"text": "", "score": None, "tokens": 0}
             continue
-        ids = alone.decode_ids(tokenizer.encode_src([text]), beam=beam or 1)[0]
+        ids = alone.decode(tokenizer.encode_src([text]), Search(beam=beam or 1))[0][0].ids
         assert tokenizer.decode_tgt(ids) == item["text"] and item["tokens"] == len(ids) + 1
         assert item["score"] == pytest.approx(log_probability(model, tokenizer, text, ids),
                                               abs=1e-3)

@@ -103,14 +103,14 @@ def test_greedy_with_and_without_cache_agree():
     src[2, 4:] = PAD
     cached = greedy(model, src, bos=BOS, eos=EOS, use_cache=True)
     uncached = greedy(model, src, bos=BOS, eos=EOS, use_cache=False)
-    assert cached == uncached
-    assert all(len(out) <= 1.5 * 7 + 10 for out in cached)
+    assert [h.ids for h in cached] == [h.ids for h in uncached]
+    assert all(len(h.ids) <= 1.5 * 7 + 10 for h in cached)
 
 
 @pytest.mark.parametrize("search", ["greedy", "greedy without cache", "beam 3"])
 def test_output_length_is_capped_at_a_times_source_length_plus_b(search):
     decode = {"greedy": greedy, "greedy without cache": partial(greedy, use_cache=False),
-              "beam 3": partial(beam_search, beam=3)}[search]
+              "beam 3": lambda *a, **k: [n[0] for n in beam_search(*a, beam=3, **k)]}[search]
     model = make(seed=4, max_positions=12)
     never_eos = torch.zeros(V)
     never_eos[5] = 1e4  # token 5 always wins, so no sentence ends before its cap
@@ -118,9 +118,9 @@ def test_output_length_is_capped_at_a_times_source_length_plus_b(search):
     src = random_ids(3, 8)
     src[0, 5:] = PAD  # 5, 2 and 8 source tokens
     src[1, 2:] = PAD
-    out = decode(model, src, bos=BOS, eos=EOS, max_len_a=0.5, max_len_b=3)
+    out = [h.ids for h in decode(model, src, bos=BOS, eos=EOS, max_len_a=0.5, max_len_b=3)]
     assert [len(ids) for ids in out] == [int(0.5 * 5 + 3), int(0.5 * 2 + 3), int(0.5 * 8 + 3)]
-    out = decode(model, src, bos=BOS, eos=EOS, max_len_a=1.0, max_len_b=100)
+    out = [h.ids for h in decode(model, src, bos=BOS, eos=EOS, max_len_a=1.0, max_len_b=100)]
     # within the model's 12 positions, BOS included
     assert [len(ids) for ids in out] == [11, 11, 11]
 
@@ -156,7 +156,7 @@ def test_beam_search_ranks_endings_with_the_length_penalty():
     model = LastTokenModel({BOS: {EOS: 0.5, 4: 0.5}, 4: {EOS: 0.9, 4: 0.1}})
     src = random_ids(1, 3)
     def best(penalty):
-        return beam_search(model, src, beam=2, bos=BOS, eos=EOS, length_penalty=penalty)[0]
+        return beam_search(model, src, beam=2, bos=BOS, eos=EOS, length_penalty=penalty)[0][0].ids
     assert best(0.0) == []  # raw log-probability: the shorter ending wins
     assert best(1.0) == [4]  # per token: -0.40 beats -0.69
 
@@ -196,8 +196,8 @@ def test_tiny_model_overfits_eight_pairs():
         optimiser.step()
     model.eval()
     expected = [t.tolist() for _, t in pairs]
-    assert greedy(model, src, bos=BOS, eos=EOS) == expected
-    assert beam_search(model, src, beam=3, bos=BOS, eos=EOS) == expected
+    assert [h.ids for h in greedy(model, src, bos=BOS, eos=EOS)] == expected
+    assert [n[0].ids for n in beam_search(model, src, beam=3, bos=BOS, eos=EOS)] == expected
 
 
 def test_loss_over_real_tokens_only_equals_cross_entropy_over_all_logits():
