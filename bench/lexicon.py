@@ -73,10 +73,10 @@ def main() -> None:
     everything = lexicon_precision(vectors, candidates, answers)
     different = lexicon_precision(vectors[differ], candidates, [answers[k] for k in differ])
     shown = ", ".join(f"{s}-{t}" for s, t, _ in pairs[:8])
-    lines = [f"Lexicon induction on {args.run.name} (best.pt; embeddings: "
+    lines = [(f"Lexicon induction on {args.run.name} (best.pt; embeddings: "
              f"{', '.join(found)}): the {len(pairs)} source words eflomal links most often on "
              f"test2016, each with its most often linked target word (first: {shown}); "
-             f"{len(words)} candidate target words. Command: `python bench/lexicon.py RUN`.",
+             f"{len(words)} candidate target words. Command: `python bench/lexicon.py RUN`."),
              "",
              "| pairs | how many | P@1 | P@5 |", "|---|---|---|---|",
              f"| all | {len(pairs)} | {everything[1]:.3f} | {everything[5]:.3f} |",
