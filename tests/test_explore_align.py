@@ -100,6 +100,10 @@ def test_without_align_json_nothing_changes(explored, open_page):
     assert not opened.page.is_visible("#word-links-choice")
     show(opened, view="figures")
     assert not opened.page.is_visible("#alignment-figures")
+    assert state(opened, "data.history.alignment") is None  # the tiny run has a history
+    show(opened, view="training")
+    assert "--split val` to see alignment as it forms" in opened.page.inner_text(
+        "#alignment-plot")
     assert opened.errors == [] and opened.requests == [explored.as_uri()]
 
 
@@ -140,3 +144,29 @@ def test_the_history_hook_counts_links_that_agree_with_eflomal(tmp_path):
         agree = sum(link in set(f) for cross, s, f in zip(step, sentences, found)
                     for link in links(cross[1], s["src"][:-1], s["tgt_out"][:-1]))
         assert share == round(agree / 4, 4)
+
+
+def test_the_training_tab_plots_alignment_against_updates(tiny_run, loaded, open_page, tmp_path):
+    run = Path(shutil.copytree(tiny_run, tmp_path / "run"))
+    cfg = loaded[2].model
+    report = align_report(cfg.decoder_layers, cfg.heads, best_layer=0)
+    (run / "align.json").write_text(json.dumps({**report, "split": "val"}))
+    (run / "align").mkdir(exist_ok=True)
+    (run / "align" / "eflomal.val.txt").write_text("0-0 1-1 2-2\n" * 200)
+    page = run / "explore.html"
+    with one_thread():
+        result = invoke("explore", run, SENTENCES[0], "--output", page, "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    opened = open_page(page)
+    history = state(opened, "data.history")
+    shares = history["alignment"]["agreement"]
+    assert len(shares) == len(history["steps"]) and all(0 <= v <= 1 for v in shares)
+    show(opened, view="training")
+    points = opened.page.get_attribute("#alignment-svg polyline", "points").split()
+    assert len(points) == len(shares)
+    marks = []
+    for step in (0, len(shares) - 1):
+        opened.page.fill("#history-step", str(step))
+        marks.append(opened.page.get_attribute("#alignment-marker", "x1"))
+    assert marks[0] != marks[1] or len(shares) == 1
+    assert opened.errors == [] and opened.requests == [page.as_uri()]
