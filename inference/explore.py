@@ -25,7 +25,8 @@ live mode (live.js added: a text box, and the server's answers replace the page'
 
 Two more tabs come with their own keys: `history` (the training tab: RUN/attention_history as
 train.watch kept it, explore_history.py; on by default when the run has one) and `embeddings`
-(the model's embedding tables, int8, searched in the page: explore_embeddings.py).
+(the model's embedding tables, int8, searched in the page: explore_embeddings.py); with
+RUN/align.json (`mha align`), `alignment` and each sentence's `links` (explore_align.py).
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ from mha.configs.schema import DecodeConfig
 from mha.data.files import DataError, atomic_write
 from mha.data.tokenizer import Tokenizer
 from mha.inference import checkpoint
+from mha.inference.explore_align import add_alignment
 from mha.inference.explore_embeddings import embedding_data
 from mha.inference.explore_history import check_history, history_data
 from mha.inference.pictures import attention_weights
@@ -58,7 +60,7 @@ MAX_SENTENCES = 100
 DECIMALS = 4
 CANDIDATES = 5
 PAGE_FILES = ("page.html", "page.css", "figures.js", "importance.js", "history.js",
-              "embeddings.js", "page.js")  # page.js last: it starts the page
+              "embeddings.js", "align.js", "page.js")  # page.js last: it starts the page
 HEADS_FILE = "heads.json"
 LIVE_FILE = "live.js"  # the live page's data source: the text box and POST /explore
 
@@ -244,6 +246,7 @@ def explore(
     data = page_data(model, tokenizer, cfg.decode, texts, run_dir=run_dir, which=which,
                      beam=beam or cfg.decode.beam, name=name)
     data.update(head_figures(run_dir, which, data["model"]))
+    add_alignment(data, run_dir)
     data.update(history_data(run_dir, data["model"], history))
     data.update(embedding_data(model, tokenizer))
     for warning in data["warnings"]:

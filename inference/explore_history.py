@@ -12,7 +12,8 @@ sharp. The JSON's `history`:
     entropy     {kind: per step}: the mean row entropy in bits (the page's per-head figure),
                 averaged over the kind's heads and layers and then over the sentences
     uniform     {kind: bits}: the same figure for uniform attention (every allowed key alike)
-    alignment   null: the hook for the alignment figure against updates (`alignment_by_step`)
+    alignment   null, or {agreement: per step, layer, label}: explore_align.alignment_by_step,
+                when RUN/align.json scored the val split and eflomal's val links are kept
 A history that cannot be read or does not fit the model is left out with one warning.
 """
 
@@ -27,6 +28,7 @@ import torch
 from torch import Tensor
 
 from mha.data.files import DataError
+from mha.inference.explore_align import alignment_by_step
 from mha.inference.history import FOLDER, LEVELS, read_history
 
 log = logging.getLogger(__name__)
@@ -74,15 +76,9 @@ def history_data(run_dir: Path, model: dict, wanted: bool | None = None) -> dict
         "entropy": {kind: [_mean_entropy([kinds[kind] for kinds in step]) for step in by_kind]
                     for kind in KINDS},
         "uniform": {kind: _mean_entropy([kinds[kind] for kinds in uniform]) for kind in KINDS},
-        "alignment": alignment_by_step(run_dir, steps),
+        "alignment": alignment_by_step(run_dir, sentences,
+                                       [[kinds["cross"] for kinds in step] for step in by_kind]),
     }}
-
-
-def alignment_by_step(run_dir: Path, steps: list[int]) -> dict | None:
-    """THE HOOK for issue 21's alignment figure against updates: once `mha align` scores the
-    history's cross-attention at each step, return {"aer": [per step], "label": ...} here and
-    history.js's renderAlignment() plots it beside the entropy. None until then: nothing drawn."""
-    return None
 
 
 def _names(model: dict) -> dict[str, str]:

@@ -159,11 +159,31 @@ const HISTORY_VIEW = (() => {
                       stroke: "#222", "stroke-width": 1.5, "data-step": at }));
   }
 
-  // THE HOOK for the alignment figure against updates (issue 21, item 2): explore_history.py's
-  // alignment_by_step() will put {"aer": [per step], ...} in DATA.history.alignment; draw it into
-  // #alignment-plot here, marker at the slider's update like the entropy. Null until then.
+  // The alignment figure against updates (explore_align.alignment_by_step): the share of the
+  // watched sentences' words linked as eflomal links them, per update, marker at the slider's.
   function renderAlignment(h) {
-    $("alignment-plot").hidden = !h.alignment;
+    const box = $("alignment-plot"), a = h.alignment;
+    if (!a) {
+      box.replaceChildren(element("p", { class: "hint" }, `run \`mha align ${DATA.run} ` +
+        "--split val` to see alignment as it forms"));
+      return;
+    }
+    const p = PLOT, steps = h.steps, first = steps[0], span = steps[steps.length - 1] - first || 1;
+    const x = (step) => p.left + (p.width - p.left - p.right) * (steps.length > 1
+      ? (step - first) / span : 0.5);
+    const y = (share) => p.height - p.bottom - (p.height - p.top - p.bottom) * share;
+    const svg = element("svg", { id: "alignment-svg", width: p.width, height: p.height }, null, SVG);
+    svg.append(element("line", { x1: p.left, y1: y(0), x2: p.width - p.right, y2: y(0),
+                                 stroke: "#888" }, null, SVG),
+      element("text", { x: p.left - 4, y: y(0) + 4, "text-anchor": "end" }, "0", SVG),
+      element("text", { x: p.left - 4, y: y(1) + 4, "text-anchor": "end" }, "1", SVG),
+      element("polyline", { fill: "none", stroke: "#000", "stroke-width": 2, class: "series",
+        points: steps.map((s, i) => [s, a.agreement[i]]).filter(([, v]) => v !== null)
+          .map(([s, v]) => `${x(s).toFixed(2)},${y(v).toFixed(2)}`).join(" ") }, null, SVG),
+      element("line", { x1: x(steps[state.historyStep]), x2: x(steps[state.historyStep]),
+                        y1: p.top, y2: y(0), stroke: "#222", id: "alignment-marker" }, null, SVG));
+    box.replaceChildren(element("h3", {}, "Word links against updates"), svg,
+                        element("p", { class: "hint" }, a.label));
   }
 
   return { setUp, render };

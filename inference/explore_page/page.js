@@ -3,7 +3,7 @@
 // its views of it. Everything the page shows is derived from `state`; tests read it through
 // window.mhaState. Needs figures.js (wordGroups, mergeMatrix, headFigures, ...),
 // importance.js (the stored head figures' colours and texts) and the views in files of their own
-// (history.js: the training tab; embeddings.js) loaded first. A token that shows a piece carries
+// (history.js: the training tab; embeddings.js; align.js) loaded first. A token that shows a piece carries
 // data-piece (and data-word when it is a merged word): a click on it looks it up in embeddings.js.
 
 const DATA = JSON.parse(document.getElementById("mha-data").textContent);
@@ -22,7 +22,7 @@ const COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b"
 const VIRIDIS = [[68, 1, 84], [59, 82, 139], [33, 145, 140], [94, 201, 98], [253, 231, 37]];
 const LINE_MIN = 0.005;  // lighter lines are not drawn: invisible, and they would crowd the SVG
 const HIDDEN_COLOUR = "#b0b0b0", HIDDEN_OPACITY = 0.3;  // a hidden head's lines: grey, faint
-const EXTRA_VIEWS = [HISTORY_VIEW, EMBEDDINGS_VIEW];  // each {setUp(), render()}, own files
+const EXTRA_VIEWS = [HISTORY_VIEW, EMBEDDINGS_VIEW, ALIGN_VIEW];  // each {setUp(), render()}
 
 const state = {
   sentence: 0, kind: "cross", view: "model", merge: false, layer: 0, average: false, step: 0,
