@@ -101,8 +101,9 @@ def check_alignments(alignments: bool, layer: int | None, shift: bool, engine: s
     if ensemble:
         raise ConfigError("--alignments read one model's attention: leave out --ensemble")
     if engine != "mha":
-        raise ConfigError(f"--alignments need encoder-decoder attention, which models exported "
-                          f"for --engine {engine} do not return here: use --engine mha")
+        raise ConfigError(f"--alignments read one chosen layer's heads averaged; a model exported "
+                          f"for --engine {engine} returns only the attention fixed at export (the "
+                          f"last layer's first head): use --engine mha")
 
 
 def aligner_of(alignments: bool, layer: int | None, shift: bool, run_dir: Path, engine,

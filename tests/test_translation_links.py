@@ -88,7 +88,7 @@ def test_eval_writes_a_links_line_per_sentence(run_copy, tmp_path):
     (["--alignments", "--align-layer", "-1"], "--align-layer must be a decoder layer"),
     (["--shift-att"], "add --alignments"),
     (["--alignments", "--attention", "x.png"], "--alignments print links"),
-    (["--alignments", "--engine", "ctranslate2"], "do not return here"),
+    (["--alignments", "--engine", "ctranslate2"], "returns only the attention fixed at export"),
     (["--alignments", "--ensemble", "other"], "leave out --ensemble"),
 ])
 def test_bad_alignment_options(tiny_run, args, message):
