@@ -18,10 +18,12 @@ from mha.inference.translate import (
     warn_unknown_characters,
     warn_unknown_in_chunks,
 )
+from mha.inference.word_align import pharaoh
 from mha.model.sample import Sampling
 
 SEARCH, OUTPUT = "Search", "Input and output"
 SAMPLING, PICTURE = "Sampling (instead of greedy or beam search)", "Attention picture"
+ALIGN = "Word alignments"
 
 TextsArg = Annotated[list[str] | None, typer.Argument(
     help="Sentences; without them, --input or stdin. A tab and a second column in a line is its "
@@ -67,6 +69,57 @@ JsonOpt = Annotated[bool, typer.Option(
 TokenScoresOpt = Annotated[bool, typer.Option(
     "--token-scores", help="With --json: each output subword's log-probability.",
     rich_help_panel=OUTPUT)]
+AlignmentsOpt = Annotated[bool, typer.Option(
+    "--alignments", help="After each output line a tab and its Pharaoh word links `i-j` (source "
+    "word i, output word j, 0-based), from encoder-decoder attention (with --json: "
+    "\"alignments\").", rich_help_panel=ALIGN)]
+AlignLayerOpt = Annotated[int | None, typer.Option(
+    "--align-layer", help="The decoder layer whose heads, averaged, give the links (default: the "
+    "best layer `mha align` stored in the run, else the second-to-last).",
+    rich_help_panel=ALIGN, show_default=False)]
+EvalAlignmentsOpt = Annotated[bool, typer.Option(
+    "--alignments", help="Also write each hypothesis's Pharaoh word links to RUN/eval/NAME.align "
+    "(see `mha translate --alignments`).", rich_help_panel=ALIGN)]
+ShiftAttOpt = Annotated[bool, typer.Option(
+    "--shift-att", help="Shift-Att: link each output word by the step that reads it, not the "
+    "one that predicts it.", rich_help_panel=ALIGN)]
+
+
+def check_alignments(alignments: bool, layer: int | None, shift: bool, engine: str,
+                     picture: Path | None, ensemble: list[str] | None) -> None:
+    """ConfigError for alignment options that do not go together (before the model loads):
+    --align-layer or --shift-att alone, --alignments with --attention's `picture`, --ensemble
+    or another engine than mha's."""
+    if not alignments and (layer is not None or shift):
+        raise ConfigError("--align-layer and --shift-att choose how --alignments are read: "
+                          "add --alignments")
+    if not alignments:
+        return
+    if picture is not None:
+        raise ConfigError("--alignments print links after each translation; --attention draws "
+                          "one sentence's picture: give one of them")
+    if ensemble:
+        raise ConfigError("--alignments read one model's attention: leave out --ensemble")
+    if engine != "mha":
+        raise ConfigError(f"--alignments read one chosen layer's heads averaged; a model exported "
+                          f"for --engine {engine} returns only the attention fixed at export (the "
+                          f"last layer's first head): use --engine mha")
+
+
+def aligner_of(alignments: bool, layer: int | None, shift: bool, run_dir: Path, engine,
+               batch_size: int):
+    """The Aligner the options ask for (None without --alignments); ConfigError for a layer
+    the model lacks."""
+    if not alignments:
+        return None
+    from mha.inference.align import default_layer
+    from mha.inference.translation_links import Aligner, check_layer
+
+    layers = len(engine.model.decoder)
+    if layer is None:
+        layer = default_layer(run_dir, layers)
+    check_layer(layer, layers)
+    return Aligner(engine.model, engine.tokenizer, layer, shift, batch_size)
 
 
 def sampling_of(sample: bool, top_k: int | None, top_p: float | None,
@@ -128,11 +181,16 @@ def input_chunks(tokenizer: Tokenizer, lines: list[str] | None, name: str,
 
 def printed(translations: Iterable[Translation], *, nbest: int | None,
             as_json: bool) -> Iterator[str]:
-    """The lines to print: per translation its text, or its n-best lines, or one JSON object."""
+    """The lines to print: per translation its text, or its n-best lines, or one JSON object;
+    with word links, a tab and the links after each text."""
     for translation in translations:
+        aligned = translation.links is not None
         if as_json:
             yield json_line(translation, nbest=nbest is not None)
         elif nbest is not None:
-            yield from nbest_lines(translation, nbest)
+            yield from nbest_lines(translation, nbest, alignments=aligned)
+        elif aligned:
+            best = translation.links[0] if translation.links else []  # none for a blank line
+            yield f"{translation.text}\t{pharaoh(best)}"
         else:
             yield translation.text

@@ -57,9 +57,11 @@ def translate(
     ensemble: EnsembleOpt = None,
     attention: opt.AttentionOpt = None,
     self_attention: opt.SelfAttentionOpt = False,
+    alignments: opt.AlignmentsOpt = False,
+    align_layer: opt.AlignLayerOpt = None,
+    shift_att: opt.ShiftAttOpt = False,
 ) -> None:
-    """Translate sentences from the arguments, a file or stdin: one output line per input line
-    (N with --nbest)."""
+    """Translate sentences from the arguments, a file or stdin: a line per line (N: --nbest)."""
     from mha.data.files import read_lines
     from mha.inference.translate import decode_chunks
 
@@ -67,20 +69,20 @@ def translate(
     opt.check_output_options(attention=attention is not None, nbest=nbest, as_json=as_json,
                              token_scores=token_scores, sample=sample, prefix=prefix)
     check_ensemble(ensemble, engine, attention is not None)
+    opt.check_alignments(alignments, align_layer, shift_att, engine, attention, ensemble)
     sampling = opt.sampling_of(sample, top_k, top_p, temperature, seed)
     lines = read_lines(input_file) if input_file else texts  # fails before the model loads
-    translator, decode = open_engine(run_dir, engine, which, device, use_cache=not no_cache,
-                                     ensemble=ensemble)
+    translator, decode = open_engine(run_dir, engine, which, device, not no_cache, ensemble)
     search = opt.search_of(beam, decode.beam, nbest, sampling)
     batch_size = batch_size or decode.batch_size
+    align = opt.aligner_of(alignments, align_layer, shift_att, run_dir, translator, batch_size)
     chunks = opt.input_chunks(translator.tokenizer, lines, str(input_file or "the arguments"),
                               batch_size)
     if attention:  # decoded once, for the picture and the answer
-        _emit([_draw(translator.model, translator.tokenizer, texts[0], decode, search.beam,
-                     attention, self_attention)], output_file)
-        return
+        return _emit([_draw(translator.model, translator.tokenizer, texts[0], decode,
+                            search.beam, attention, self_attention)], output_file)
     translations = decode_chunks(translator, chunks, search, batch_size=batch_size,
-                                 prefix=prefix or "", token_scores=token_scores)
+                                 prefix=prefix or "", token_scores=token_scores, align=align)
     _emit(opt.printed(translations, nbest=nbest, as_json=as_json), output_file)
 
 
@@ -161,6 +163,9 @@ def eval(  # the command's name; shadows the builtin only inside this module
     device: DeviceOpt = "auto",
     engine: EngineOpt = "mha",
     ensemble: EnsembleOpt = None,
+    alignments: opt.EvalAlignmentsOpt = False,
+    align_layer: opt.AlignLayerOpt = None,
+    shift_att: opt.ShiftAttOpt = False,
 ) -> None:
     """Translate a test set and score it with sacreBLEU (BLEU cased and lowercased, chrF, with
     their signatures)."""
@@ -172,26 +177,35 @@ def eval(  # the command's name; shadows the builtin only inside this module
     from mha.inference.translate import warn_unknown_characters
 
     check_engine(engine, bool(ensemble))
+    opt.check_alignments(alignments, align_layer, shift_att, engine, None, ensemble)
     translator, decode = open_engine(run_dir, engine, which, device, ensemble=ensemble)
-    beam = beam or decode.beam
+    beam, batch_size = beam or decode.beam, batch_size or decode.batch_size
+    align = opt.aligner_of(alignments, align_layer, shift_att, run_dir, translator, batch_size)
     sources, references, name = eval_set(run_dir, split, src_file, ref_file)
     warn_unknown_characters(translator.tokenizer, sources, str(src_file or f"the {split} split"))
     members = translator.model.sources if ensemble else None  # named in the JSON
     result_path = run_dir / "eval" / f"{name}.{_decoding(beam, engine, members)}.json"
     hyp_path = output_file or result_path.with_suffix(".hyp")  # the JSON: read by `mha compare`
     provenance = {"eval": environment(pick_device(device)), "run": read_run(run_dir)}
-    result = evaluate(translator, sources, references, batch_size=batch_size or decode.batch_size,
-                      beam=beam, hyp_path=hyp_path, result_path=result_path, provenance=provenance,
-                      ensemble=members)
-    if as_json:
-        typer.echo(json.dumps(result))
+    result = evaluate(translator, sources, references, batch_size=batch_size, beam=beam,
+                      hyp_path=hyp_path, result_path=result_path, provenance=provenance,
+                      ensemble=members, align=align, align_path=hyp_path.with_suffix(".align"))
+    _report(json.dumps(result) if as_json else None, result, hyp_path, result_path, align)
+
+
+def _report(as_json: str | None, result: dict, hyp_path: Path, result_path: Path,
+            align) -> None:
+    """`mha eval`'s answer: the JSON object, or the scores, their signatures and the files."""
+    if as_json is not None:
+        typer.echo(as_json)
         return
     typer.echo(f"{result['bleu_text']}\n  {result['signature']['bleu']}")
     typer.echo(f"{result['bleu_lc_text']} (lowercased)\n  {result['signature']['bleu_lc']}")
     typer.echo(f"{result['chrf_text']}\n  {result['signature']['chrf']}")
     typer.echo(f"{result['sentences']} sentences in {result['seconds']:.1f} s "
                f"({result['sentences_per_second']} sentences/s); hypotheses in {hyp_path}, "
-               f"scores in {result_path}")
+               f"scores in {result_path}"
+               + (f", word links in {hyp_path.with_suffix('.align')}" if align else ""))
 
 
 def _decoding(beam: int, engine: str, members: list[dict] | None) -> str:

@@ -16,7 +16,15 @@ from pathlib import Path
 from sacrebleu.metrics import BLEU, CHRF
 
 from mha.data.files import DataError, atomic_write, read_lines, write_lines
-from mha.inference.translate import Engine, translate_lines
+from mha.inference.search import Search
+from mha.inference.translate import (
+    CHUNK_BATCHES,
+    Engine,
+    chunked,
+    decode_chunk,
+    encode_sources,
+)
+from mha.inference.word_align import pharaoh
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +78,7 @@ def eval_set(
 def evaluate(
     engine: Engine, sources: list[str], references: list[str], *, batch_size: int, beam: int,
     hyp_path: Path | None = None, result_path: Path | None = None, provenance: dict | None = None,
-    ensemble: list[dict] | None = None,
+    ensemble: list[dict] | None = None, align=None, align_path: Path | None = None,
 ) -> dict:
     """Translate sources with `engine` (mha's or an exported model), score against references,
     write the hypotheses (atomically) to hyp_path and the returned dict as JSON (atomically) to
@@ -78,15 +86,27 @@ def evaluate(
     from) and `ensemble` (its members, when `engine` decodes several runs) go into the result as
     they are.
 
+    With `align` (a translation_links.Aligner), each hypothesis's Pharaoh word links go to
+    align_path, a line per sentence (the timing leaves them out).
+
     Returns score()'s keys plus sentences, seconds, sentences_per_second, beam and hypotheses.
     """
     start = time.perf_counter()
-    hypotheses = list(translate_lines(engine, sources, batch_size=batch_size, beam=beam))
+    translations, first_line = [], 1
+    for chunk in chunked(iter(sources), batch_size * CHUNK_BATCHES):  # as translate_lines does
+        translations += decode_chunk(engine, chunk, Search(beam=beam), batch_size=batch_size,
+                                     first_line=first_line)
+        first_line += len(chunk)
     seconds = time.perf_counter() - start
+    hypotheses = [translation.text for translation in translations]
     result = score(hypotheses, references)
     if hyp_path is not None:
         write_lines(hyp_path, hypotheses)
         log.debug("wrote %d hypotheses to %s", len(hypotheses), hyp_path)
+    if align is not None and align_path is not None:
+        align(sources, encode_sources(engine.tokenizer, sources, engine.max_tokens),
+              translations)
+        write_lines(align_path, [pharaoh(t.links[0]) if t.links else "" for t in translations])
     result = {**result, "sentences": len(sources), "seconds": round(seconds, 3),
               "sentences_per_second": round(len(sources) / max(seconds, 1e-9), 1), "beam": beam,
               "hypotheses": str(hyp_path) if hyp_path is not None else None,

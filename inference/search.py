@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from mha.configs.schema import ConfigError
 from mha.data.tokenizer import Tokenizer
+from mha.inference.word_align import pharaoh
 from mha.model.decode import Hypothesis
 from mha.model.sample import Sampling
 
@@ -58,11 +59,13 @@ class Search:
 @dataclass
 class Translation:
     """One input line's outputs, best first (none for a blank line): hypotheses, their texts
-    and, when asked, each one's (piece, log-probability) per output token and EOS."""
+    and, when asked, each one's (piece, log-probability) per output token and EOS, and each
+    one's word links (source word, target word) (inference/translation_links.py)."""
 
     hypotheses: list[Hypothesis]
     texts: list[str]
     tokens: list[list[tuple[str, float]]] | None = None
+    links: list[list[tuple[int, int]]] | None = None
 
     @property
     def text(self) -> str:
@@ -94,13 +97,16 @@ def encode_prefixes(tokenizer: Tokenizer, prefixes: list[str], max_tokens: int,
 
 
 
-def nbest_lines(translation: Translation, nbest: int) -> list[str]:
-    """`rank<TAB>score<TAB>log-probability<TAB>text` per hypothesis, best first; a blank input
-    line gives `nbest` lines of ranks with empty fields."""
+def nbest_lines(translation: Translation, nbest: int, alignments: bool = False) -> list[str]:
+    """`rank<TAB>score<TAB>log-probability<TAB>text` per hypothesis, best first (with
+    `alignments`, a tab and its Pharaoh links after each); a blank input line gives `nbest` lines
+    of ranks with empty fields."""
+    tab = "\t" if alignments else ""
     if not translation.hypotheses:
-        return [f"{rank}\t\t\t" for rank in range(1, nbest + 1)]
-    return [f"{rank}\t{h.score:.4f}\t{h.log_prob:.4f}\t{text}" for rank, (h, text)
-            in enumerate(zip(translation.hypotheses, translation.texts), 1)]
+        return [f"{rank}\t\t\t{tab}" for rank in range(1, nbest + 1)]
+    return [f"{rank}\t{h.score:.4f}\t{h.log_prob:.4f}\t{text}"
+            + (f"\t{pharaoh(translation.links[rank - 1])}" if alignments else "")
+            for rank, (h, text) in enumerate(zip(translation.hypotheses, translation.texts), 1)]
 
 
 def json_line(translation: Translation, nbest: bool = False) -> str:
@@ -113,6 +119,9 @@ def json_line(translation: Translation, nbest: bool = False) -> str:
         if translation.tokens is not None:
             entry["tokens"] = [{"piece": piece, "log_prob": log_prob}
                                for piece, log_prob in translation.tokens[i]]
+        if translation.links is not None:
+            entry["alignments"] = pharaoh(translation.links[i])
         entries.append(entry)
-    best = entries[0] if entries else {"text": "", "score": None, "log_prob": None}
+    aligned = {"alignments": ""} if translation.links is not None else {}
+    best = entries[0] if entries else {"text": "", "score": None, "log_prob": None, **aligned}
     return json.dumps({**best, "nbest": entries} if nbest else best, ensure_ascii=False)

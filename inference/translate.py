@@ -137,22 +137,23 @@ def translate_chunk(engine: Engine, lines: list[str], *, batch_size: int, beam: 
 
 def decode_chunks(engine: Engine, chunks: Iterable[list[str]], search: Search, *,
                   batch_size: int, prefix: str = "", token_scores: bool = False,
-                  ) -> Iterator[Translation]:
+                  align: Callable | None = None) -> Iterator[Translation]:
     """`mha translate`'s loop: each line is a source, or a source, a tab and the target prefix to
     force (`prefix` where a line has none); a chunk's translations come out as it is done."""
     first_line = 1
     for chunk in chunks:
         sources, prefixes = split_prefixes(chunk, prefix)
         yield from decode_chunk(engine, sources, search, batch_size=batch_size, prefixes=prefixes,
-                                token_scores=token_scores, first_line=first_line)
+                                token_scores=token_scores, align=align, first_line=first_line)
         first_line += len(chunk)
 
 
 def decode_chunk(engine: Engine, lines: list[str], search: Search, *, batch_size: int,
                  prefixes: list[str] | None = None, token_scores: bool = False,
-                 first_line: int = 1) -> list[Translation]:
+                 align: Callable | None = None, first_line: int = 1) -> list[Translation]:
     """Decode `lines` (with their target prefixes) in batches formed by length; returns a
-    Translation per line, in input order.
+    Translation per line, in input order. `align(lines, sources, translations)` fills their
+    word links (inference/translation_links.py).
 
     A source longer than the model's positions is cut to max_tokens (max_positions - 1), and a
     prefix to max_tokens - 1, with a warning naming its line (counted from first_line).
@@ -170,6 +171,8 @@ def decode_chunk(engine: Engine, lines: list[str], search: Search, *, batch_size
                     for nbest in found]
     if token_scores:
         add_token_scores(engine, sources, translations, batch_size)
+    if align is not None:
+        align(lines, sources, translations)
     return translations
 
 
