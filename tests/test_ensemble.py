@@ -41,10 +41,12 @@ def sources(small_corpus: Path, loaded) -> torch.Tensor:
 
 
 def decoded(model, src_ids: torch.Tensor) -> dict[str, list[list[int]]]:
+    """The output ids of each search (their float scores may differ in the last bits)."""
     limits = {"bos": Tokenizer.BOS, "eos": Tokenizer.EOS, "max_len_a": 1.0, "max_len_b": 5}
-    return {"greedy": greedy(model, src_ids, **limits),
-            "greedy without cache": greedy(model, src_ids, use_cache=False, **limits),
-            "beam 3": beam_search(model, src_ids, beam=3, **limits)}
+    return {"greedy": [h.ids for h in greedy(model, src_ids, **limits)],
+            "greedy without cache": [h.ids for h in greedy(model, src_ids, use_cache=False,
+                                                           **limits)],
+            "beam 3": [n[0].ids for n in beam_search(model, src_ids, beam=3, **limits)]}
 
 
 def test_an_ensemble_of_a_model_with_itself_is_the_model(tiny_run, loaded, sources) -> None:
