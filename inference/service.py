@@ -19,11 +19,10 @@ from typing import Annotated
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from mha.configs.schema import DecodeConfig, to_dict
-from mha.data.tokenizer import Tokenizer
 from mha.inference import checkpoint
 from mha.inference.explore import page_data, page_html
 from mha.inference.search import Search
-from mha.inference.translate import Engine, MhaEngine, decode_chunk, encode_sources, score_ids
+from mha.inference.translate import Engine, MhaEngine, decode_chunk
 
 MAX_BEAM = 16  # a larger beam in a request is refused (422): one request must not hold the worker
 WARM_UP = "Ein Mann fährt Fahrrad."
@@ -63,8 +62,9 @@ class ExploreRequest(DecodeOptions):
 @dataclass(frozen=True)
 class Translation:
     text: str
-    score: float | None  # log-probability of the output and EOS; None for an empty input
-    tokens: int  # output tokens and EOS, the terms of `score` (0 for an empty input)
+    score: float | None  # the search's log-probability of its output (EOS included when it
+    # chose one), what `mha translate --json` calls log_prob; None for an empty input
+    tokens: int  # output tokens, EOS aside (0 for an empty input)
 
 
 class Service:
@@ -85,14 +85,9 @@ class Service:
         """A merged batch (at most the batcher's cap), decoded as one; in input order."""
         found = decode_chunk(self.engine, lines, Search(beam=options.beam),
                              batch_size=len(lines))
-        done = [i for i, t in enumerate(found) if t.hypotheses]
-        sources = encode_sources(self.tokenizer, [lines[i] for i in done], self.engine.max_tokens)
-        targets = [[*found[i].hypotheses[0].ids, Tokenizer.EOS] for i in done]
-        # the output and EOS scored teacher-forced, as `mha score` does (a search that hit the
-        # length cap chose no EOS, so its own sum would leave that term out)
-        scores = dict(zip(done, score_ids(self.engine, sources, targets, len(lines))))
-        return [Translation(t.text, round(sum(scores[i]), 4), len(scores[i])) if i in scores
-                else Translation("", None, 0) for i, t in enumerate(found)]
+        best = [t.hypotheses[0] if t.hypotheses else None for t in found]
+        return [Translation(t.text, round(h.log_prob, 4), len(h.ids)) if h is not None
+                else Translation("", None, 0) for t, h in zip(found, best)]
 
     def explore(self, options: DecodeOptions, text: str) -> bytes:
         """The explore page's JSON for one sentence, serialised here, off the event loop."""

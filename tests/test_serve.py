@@ -41,13 +41,14 @@ def cli(*args) -> list[str]:
     return result.stdout.splitlines()
 
 
-def log_probability(model, tokenizer, text: str, translation_ids: list[int]) -> float:
-    """The reference score: one sentence alone, teacher-forced, summed log-softmax."""
+def log_probabilities(model, tokenizer, text: str, translation_ids: list[int]) -> list[float]:
+    """The reference: one sentence alone, teacher-forced, each output token's and EOS's
+    log-probability."""
     src = torch.tensor([tokenizer.encode_src([text])[0]])  # (1, S)
     tgt = [Tokenizer.BOS, *translation_ids, Tokenizer.EOS]
     with torch.no_grad():
         log_probs = model(src, torch.tensor([tgt[:-1]]))[0].log_softmax(-1)  # (T, V)
-    return float(log_probs[torch.arange(len(tgt) - 1), torch.tensor(tgt[1:])].sum())
+    return log_probs[torch.arange(len(tgt) - 1), torch.tensor(tgt[1:])].tolist()
 
 
 @pytest.mark.parametrize("beam", [None, 3])
@@ -67,10 +68,12 @@ def test_translations_are_mha_translates_with_their_scores(served, tiny_run, loa
         if not text:
             assert item == {"text": "", "score": None, "tokens": 0}
             continue
-        ids = alone.decode(tokenizer.encode_src([text]), Search(beam=beam or 1))[0][0].ids
-        assert tokenizer.decode_tgt(ids) == item["text"] and item["tokens"] == len(ids) + 1
-        assert item["score"] == pytest.approx(log_probability(model, tokenizer, text, ids),
-                                              abs=1e-3)
+        best = alone.decode(tokenizer.encode_src([text]), Search(beam=beam or 1))[0][0]
+        assert tokenizer.decode_tgt(best.ids) == item["text"] and item["tokens"] == len(best.ids)
+        assert item["score"] == pytest.approx(best.log_prob, abs=1e-3)  # translate --json's
+        steps = log_probabilities(model, tokenizer, text, best.ids)  # teacher-forced, and EOS
+        assert item["score"] == pytest.approx(sum(steps[:len(best.ids)]), abs=1e-3) or \
+            item["score"] == pytest.approx(sum(steps), abs=1e-3)  # ended at the cap, or with EOS
 
 
 def test_explore_answers_the_json_mha_explore_embeds(served, tiny_run, tmp_path):
