@@ -22,13 +22,11 @@ import torch
 
 from mha.configs.schema import ConfigError
 from mha.data.batching import collate
-from mha.data.files import atomic_write
 from mha.data.tokenizer import Tokenizer
-from mha.inference import checkpoint
+from mha.inference import checkpoint, reports
 from mha.inference.aer import Counts, Reference, read_gold, sure_only
 from mha.inference.eflomal_links import cache_paths, import_eflomal, reference_lines
 from mha.inference.evaluate import eval_set
-from mha.inference.heads import rounded
 from mha.inference.run import load_model
 from mha.inference.word_align import best_source, word_ids
 from mha.model.attention import AttentionRecorder
@@ -160,17 +158,19 @@ def default_layer(run_dir: Path, layers: int) -> int:
     """The decoder layer whose averaged heads word links read by default: the best layer
     `mha align` stored in RUN/align.json, else (no file, or a layer this model lacks) the
     second-to-last, as OpenNMT-py does."""
-    path = Path(run_dir) / "align.json"
-    best = json.loads(path.read_text()).get("best_layer") if path.is_file() else None
+    path, best = Path(run_dir) / "align.json", None
+    if path.is_file():
+        try:  # a file someone else made: any unusable content falls back, with a warning
+            best = json.loads(path.read_text(encoding="utf-8")).get("best_layer")
+        except (OSError, ValueError, AttributeError) as error:
+            log.warning("%s cannot be read (%s); word links use layer %d", path, error,
+                        max(layers - 2, 0))
     return best if isinstance(best, int) and 0 <= best < layers else max(layers - 2, 0)
 
 
 def write_report(run_dir: Path, report: dict) -> Path:
     """RUN/align.json, written atomically."""
-    path = Path(run_dir) / "align.json"
-    text = json.dumps(rounded(report), indent=1).encode("utf-8")
-    atomic_write(path, lambda file: file.write(text))
-    return path
+    return reports.write_report(Path(run_dir) / "align.json", report)
 
 
 def format_report(report: dict) -> str:

@@ -39,7 +39,7 @@ from importlib.resources import files
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
 
 from mha.configs.schema import DecodeConfig
@@ -50,6 +50,7 @@ from mha.inference.explore_align import add_alignment
 from mha.inference.explore_embeddings import embedding_data
 from mha.inference.explore_history import check_history, history_data
 from mha.inference.pictures import attention_weights
+from mha.inference.reports import ReportError, read_report
 from mha.inference.run import load_model
 from mha.inference.translate import unknown_message
 from mha.model.transformer import Transformer
@@ -189,14 +190,9 @@ def stored_heads(path: Path, model: dict) -> dict | None:
     if not path.is_file():
         return None
     try:
-        report = HeadReport.model_validate(json.loads(path.read_text(encoding="utf-8")))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        return _skip(path, f"cannot be read ({error})")
-    except ValidationError as error:
-        first = error.errors()[0]
-        where = ".".join(map(str, first["loc"])) or "the file"
-        more = error.error_count() - 1
-        return _skip(path, f"{where}: {first['msg']}" + (f" (and {more} more)" if more else ""))
+        report = read_report(path, HeadReport)
+    except ReportError as error:
+        return _skip(path, str(error))
     expected = [(kind, layer, head) for kind, layers in (
         ("encoder", model["encoder_layers"]), ("decoder", model["decoder_layers"]),
         ("cross", model["decoder_layers"])) for layer in range(layers)

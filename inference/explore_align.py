@@ -17,10 +17,11 @@ import logging
 from pathlib import Path
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from mha.inference.aer import sure_only
 from mha.inference.eflomal_links import cache_paths
+from mha.inference.reports import ReportError, read_report
 from mha.inference.word_align import links
 
 log = logging.getLogger(__name__)
@@ -76,14 +77,9 @@ def stored_alignment(run_dir: Path, model: dict) -> dict | None:
     if not path.is_file():
         return None
     try:
-        report = AlignReport.model_validate(json.loads(path.read_text(encoding="utf-8")))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        return _skip(path, f"cannot be read ({error})")
-    except ValidationError as error:
-        first = error.errors()[0]
-        where = ".".join(map(str, first["loc"])) or "the file"
-        more = error.error_count() - 1
-        return _skip(path, f"{where}: {first['msg']}" + (f" (and {more} more)" if more else ""))
+        report = read_report(path, AlignReport)
+    except ReportError as error:
+        return _skip(path, str(error))
     shape = [(entry.layer, len(entry.heads)) for entry in report.layers]
     expected = [(layer, model["heads"]) for layer in range(model["decoder_layers"])]
     if shape != expected or (report.best_layer is not None

@@ -16,7 +16,6 @@ the label smoothing training used. Legend: B batch, S source length, T target le
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Iterable
 from pathlib import Path
@@ -27,9 +26,8 @@ from torch import Tensor
 
 from mha.configs.schema import Config, ConfigError
 from mha.data.batching import collate
-from mha.data.files import atomic_write
 from mha.data.tokenizer import Tokenizer
-from mha.inference import checkpoint
+from mha.inference import checkpoint, reports
 from mha.inference.evaluate import eval_set, score
 from mha.inference.roles import THRESHOLD, Vocabulary, measure_roles, role_cell
 from mha.inference.run import load_model
@@ -242,23 +240,9 @@ def pruning(records: list[dict], base_bleu: float, bleu_without) -> dict:
             "spearman": spearman(ablation, [r["grad_importance"] for r in records])}
 
 
-def rounded(value: object) -> object:
-    """Floats to 6 decimals, so the JSON reads well and equal runs write equal files."""
-    if isinstance(value, float):
-        return round(value, 6)
-    if isinstance(value, dict):
-        return {key: rounded(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [rounded(item) for item in value]
-    return value
-
-
 def write_report(run_dir: Path, report: dict) -> Path:
     """RUN/heads.json, written atomically."""
-    path = Path(run_dir) / "heads.json"
-    text = json.dumps(rounded(report), indent=1).encode("utf-8")
-    atomic_write(path, lambda file: file.write(text))
-    return path
+    return reports.write_report(Path(run_dir) / "heads.json", report)
 
 
 def format_report(report: dict) -> str:

@@ -109,6 +109,9 @@ def test_the_default_layer_without_align_json_is_the_second_to_last(tmp_path: Pa
     (tmp_path / "align.json").write_text(json.dumps({"best_layer": 3}))
     assert default_layer(tmp_path, 4) == 3
     assert default_layer(tmp_path, 3) == 1  # stored for a deeper model: not this one's
+    for broken in ("{not json", "[3]", "\udcff"):  # someone else's file: no traceback
+        (tmp_path / "align.json").write_text(broken, errors="surrogateescape")
+        assert default_layer(tmp_path, 4) == 2
 
 
 def test_a_gold_file_of_the_wrong_length_is_one_error_line(run_copy: Path, gold_file: Path):
