@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import http.client
+import importlib
 import json
 import os
 import signal
@@ -35,6 +36,18 @@ WORKER = Path(__file__).parent / "ddp_worker.py"
 OOV = "Ein Mann 日本 ß </script> {{data}} ☃"  # characters the tiny vocabulary lacks, markup
 TEXTS = [*SENTENCES, OOV, ""]  # what the explore page tests' page shows
 KINDS = ("encoder", "decoder", "cross")
+
+
+def optional(name: str):
+    """An optional extra's module (ctranslate2, eflomal). Missing, it skips the test (or the
+    module); under CI=true, where `.ci/run` installs the test extra, it fails it."""
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        message = f"{name} is not installed (pip install -e '.[test]')"
+        if os.environ.get("CI", "").lower() in ("true", "1"):
+            pytest.fail(message, pytrace=False)
+        pytest.skip(message, allow_module_level=True)
 
 
 def tiny(run_dir: Path, corpus: Path, *overrides: str) -> Config:

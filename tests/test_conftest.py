@@ -49,3 +49,15 @@ def test_mha_data_dir_is_where_tests_read_the_corpus(tmp_path: Path, multi30k_di
     result = run_probe(tmp_path, corpus, ci=True)
     assert result.returncode == 0, result.stdout + result.stderr
     assert f"corpus: {corpus} env: None" in result.stdout  # code under test does not see it
+
+
+def test_a_missing_optional_extra_skips_but_fails_under_ci(monkeypatch) -> None:
+    from helpers import optional
+
+    monkeypatch.setenv("CI", "")
+    with pytest.raises(pytest.skip.Exception, match="no_such_extra is not installed"):
+        optional("no_such_extra")
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="no_such_extra is not installed"):
+        optional("no_such_extra")
+    assert optional("json").loads("[1]") == [1]

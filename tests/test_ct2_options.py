@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import SENTENCES, invoke
+from helpers import SENTENCES, invoke, optional
 
 from mha.inference import checkpoint
 from mha.inference.ct2 import CTranslate2Engine
@@ -35,7 +35,7 @@ EOS = 3
 
 @pytest.fixture(scope="module")
 def ct2():
-    return pytest.importorskip("ctranslate2")
+    return optional("ctranslate2")
 
 
 @pytest.fixture(scope="module")

@@ -7,11 +7,11 @@ import random
 from pathlib import Path
 
 import pytest
-from helpers import invoke
+from helpers import invoke, optional
 
 from mha.inference.eflomal_links import align, cache_paths
 
-eflomal = pytest.importorskip("eflomal")
+eflomal = optional("eflomal")
 pytestmark = pytest.mark.usefixtures("_one_thread")
 
 

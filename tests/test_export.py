@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import SENTENCES, assert_user_error, invoke, make_tiny_run
+from helpers import SENTENCES, assert_user_error, invoke, make_tiny_run, optional
 
 from mha.inference.ct2 import CTranslate2Engine, compare_greedy, top2_margin
 from mha.inference.export import QUANTIZATIONS, ExportError, build_spec, export
@@ -34,7 +34,7 @@ VARIANT = ["model.norm=post", "model.activation=gelu", "model.positional=learned
 
 @pytest.fixture(scope="module")
 def ct2():
-    return pytest.importorskip("ctranslate2")
+    return optional("ctranslate2")
 
 
 @pytest.fixture(scope="module")

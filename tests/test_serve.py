@@ -20,6 +20,7 @@ from helpers import (
     SENTENCES,
     assert_user_error,
     invoke,
+    optional,
     start_server,
     stop_server,
     wait_until,
@@ -208,7 +209,7 @@ def test_a_signal_drains_the_request_in_flight_and_exits_0(tiny_run, tmp_path, s
 
 
 def test_the_ctranslate2_engine_serves_the_exported_models_translations(run_copy, tmp_path):
-    pytest.importorskip("ctranslate2")
+    optional("ctranslate2")
     assert invoke("export", run_copy, "--to", "ctranslate2").exit_code == 0
     expected = cli(run_copy, "--engine", "ctranslate2", *TEXTS)
     server = start_server(run_copy, tmp_path, "--engine", "ctranslate2")
