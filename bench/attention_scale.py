@@ -24,10 +24,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from fixed_runs import test_eval, train_all
 
-from mha.configs.schema import from_dict
 from mha.data.tokenizer import Tokenizer
 from mha.inference import checkpoint
 from mha.inference.heads import loss_batches, summed_token_loss
+from mha.inference.run import load_model
 from mha.model.attention import AttentionRecorder, MultiHeadAttention
 from mha.model.masks import padding_mask
 from mha.model.transformer import Transformer
@@ -37,13 +37,9 @@ ONE_HOT = 0.99
 
 def unfused_model(run: Path, weights: dict) -> Transformer:
     """The run's model in training form (W_Q, W_K as parameters), with `weights`, eval mode."""
-    state = checkpoint.load(run / "checkpoints" / "last.pt")
-    cfg = from_dict(state["config"])
-    tokenizer = Tokenizer.from_state(state["tokenizer"])
-    model = Transformer(cfg.model, tokenizer.src_vocab_size, tokenizer.tgt_vocab_size,
-                        pad_id=Tokenizer.PAD)
+    model, _, _ = load_model(run, "last", "cpu", fused=False)
     model.load_state_dict(weights)
-    return model.eval()
+    return model
 
 
 def measure(model: Transformer, batches: list) -> dict:

@@ -16,19 +16,16 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 from collections import defaultdict
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).parent))
-from attention_scale import unfused_model
-
 from mha.data.tokenizer import Tokenizer
 from mha.inference import checkpoint
 from mha.inference.heads import loss_batches
+from mha.inference.run import load_model
 from mha.model.attention import AttentionRecorder, MultiHeadAttention
 from mha.model.masks import padding_mask
 
@@ -120,12 +117,12 @@ def main() -> None:
     parser.add_argument("--results", type=Path, default=Path("bench/results_claims.md"))
     args = parser.parse_args()
     torch.set_num_threads(1)
-    state = checkpoint.load(args.run / "checkpoints" / "best.pt")
-    model = unfused_model(args.run, state["model"])
+    model, _, _ = load_model(args.run, "best", "cpu", fused=False)
+    step = checkpoint.load(checkpoint.resolve(args.run, "best"))["step"]
     batches = loss_batches(args.run, "val", args.limit, 32, model.cfg.max_tokens,
                            torch.device("cpu"))
     mixing, norms, cosines = measure(model, batches)
-    lines = [(f"Claims measured on {args.run.name} (best.pt, step {state['step']}), teacher forced "
+    lines = [(f"Claims measured on {args.run.name} (best.pt, step {step}), teacher forced "
              f"on the first {args.limit} validation sentences. Command: "
              f"`python bench/claims.py {args.run}`."),
              "",

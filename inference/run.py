@@ -42,10 +42,11 @@ def pick_device(name: str, cuda: bool | None = None) -> torch.device:
 
 
 def load_model(
-    run_dir: Path, which: str = "best", device: str = "cpu",
+    run_dir: Path, which: str = "best", device: str = "cpu", *, fused: bool = True,
 ) -> tuple[Transformer, Tokenizer, Config]:
     """Rebuild the model of `run_dir` from checkpoint `which` (best, last or a path), in eval mode
-    with its projections fused for decoding (mha.model.fused: the model is not for training).
+    with its projections fused for decoding (mha.model.fused: the model is not for training);
+    `fused=False` keeps the readable model, whose W_Q, W_K, W_V get gradients.
 
     The returned config's decode section carries RUN/decode.yaml's tuned beam and length penalty
     when the run has that file (see inference/tune.py).
@@ -65,7 +66,8 @@ def load_model(
         raise CheckpointError(f"checkpoint {path}: {error}") from error
     _load_weights(model, state["model"], path)
     log.debug("loaded %s (step %s) on %s", path, state["step"], target)
-    return fuse_projections(model.to(target).eval()), tokenizer, cfg
+    model = model.to(target).eval()
+    return fuse_projections(model) if fused else model, tokenizer, cfg
 
 
 def read_checkpoint(run_dir: Path, which: str = "best") -> tuple[Path, dict, Config, Tokenizer]:
