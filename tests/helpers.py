@@ -39,8 +39,7 @@ KINDS = ("encoder", "decoder", "cross")
 
 
 def optional(name: str):
-    """An optional extra's module (ctranslate2, eflomal). Missing, it skips the test (or the
-    module); under CI=true, where `.ci/run` installs the test extra, it fails it."""
+    """An optional extra's module: missing, the test skips; under CI=true (`.ci/run`), fails."""
     try:
         return importlib.import_module(name)
     except ImportError:
@@ -174,10 +173,9 @@ def state(opened: Opened, expression: str):
 def show(opened: Opened, **choices) -> None:
     """Choose sentence, kind, view or merge through the page's own controls."""
     page = opened.page
-    if "sentence" in choices:
-        page.select_option("#sentence", str(choices["sentence"]))
-    if "kind" in choices:
-        page.select_option("#kind", choices["kind"])
+    for menu in ("sentence", "kind"):
+        if menu in choices:
+            page.select_option(f"#{menu}", str(choices[menu]))
     if "merge" in choices:
         page.set_checked("#merge", choices["merge"])
     if "view" in choices:
@@ -254,11 +252,9 @@ class Served:
         connection.request(method, path, body=data,
                            headers={"Content-Type": "application/json", **(headers or {})})
         response = connection.getresponse()
-        raw = response.read()
+        raw, kind = response.read(), response.getheader("content-type") or ""
         connection.close()
-        if "json" in (response.getheader("content-type") or ""):
-            return response.status, json.loads(raw)
-        return response.status, raw.decode("utf-8")
+        return response.status, json.loads(raw) if "json" in kind else raw.decode("utf-8")
 
     def post(self, path: str, body: object) -> tuple[int, object]:
         return self.request("POST", path, body)
