@@ -10,9 +10,8 @@ import typer
 
 from mha.cli import decoding as opt
 from mha.cli.app import command, fail
-from mha.cli.engines import check_engine, check_ensemble, open_engine
+from mha.cli.engines import MODEL, QuantizationOpt, check_engine, check_ensemble, open_engine
 
-MODEL = "Model and engine"
 RunArg = Annotated[Path, typer.Argument(help="A run folder made by `mha train`.")]
 CheckpointOpt = Annotated[str, typer.Option(
     "--checkpoint", help="best, last or a checkpoint path.", rich_help_panel=MODEL)]
@@ -54,6 +53,7 @@ def translate(
     batch_size: BatchOpt = None,
     device: DeviceOpt = "auto",
     engine: EngineOpt = "mha",
+    quantization: QuantizationOpt = None,
     ensemble: EnsembleOpt = None,
     attention: opt.AttentionOpt = None,
     self_attention: opt.SelfAttentionOpt = False,
@@ -72,7 +72,8 @@ def translate(
     opt.check_alignments(alignments, align_layer, shift_att, engine, attention, ensemble)
     sampling = opt.sampling_of(sample, top_k, top_p, temperature, seed)
     lines = read_lines(input_file) if input_file else texts  # fails before the model loads
-    translator, decode = open_engine(run_dir, engine, which, device, not no_cache, ensemble)
+    translator, decode = open_engine(run_dir, engine, which, device, not no_cache, ensemble,
+                                     quantization)
     search = opt.search_of(beam, decode.beam, nbest, sampling)
     batch_size = batch_size or decode.batch_size
     align = opt.aligner_of(alignments, align_layer, shift_att, run_dir, translator, batch_size)
@@ -162,6 +163,7 @@ def eval(  # the command's name; shadows the builtin only inside this module
     which: CheckpointOpt = "best",
     device: DeviceOpt = "auto",
     engine: EngineOpt = "mha",
+    quantization: QuantizationOpt = None,
     ensemble: EnsembleOpt = None,
     alignments: opt.EvalAlignmentsOpt = False,
     align_layer: opt.AlignLayerOpt = None,
@@ -178,13 +180,15 @@ def eval(  # the command's name; shadows the builtin only inside this module
 
     check_engine(engine, bool(ensemble))
     opt.check_alignments(alignments, align_layer, shift_att, engine, None, ensemble)
-    translator, decode = open_engine(run_dir, engine, which, device, ensemble=ensemble)
+    translator, decode = open_engine(run_dir, engine, which, device, ensemble=ensemble,
+                                     quantization=quantization)
     beam, batch_size = beam or decode.beam, batch_size or decode.batch_size
     align = opt.aligner_of(alignments, align_layer, shift_att, run_dir, translator, batch_size)
     sources, references, name = eval_set(run_dir, split, src_file, ref_file)
     warn_unknown_characters(translator.tokenizer, sources, str(src_file or f"the {split} split"))
     members = translator.model.sources if ensemble else None  # named in the JSON
-    result_path = run_dir / "eval" / f"{name}.{_decoding(beam, engine, members)}.json"
+    label = _decoding(beam, engine, members) + (".int8" if quantization == "int8" else "")
+    result_path = run_dir / "eval" / f"{name}.{label}.json"
     hyp_path = output_file or result_path.with_suffix(".hyp")  # the JSON: read by `mha compare`
     provenance = {"eval": environment(pick_device(device)), "run": read_run(run_dir)}
     result = evaluate(translator, sources, references, batch_size=batch_size, beam=beam,
