@@ -62,16 +62,13 @@ def translate(
     shift_att: opt.ShiftAttOpt = False,
 ) -> None:
     """Translate sentences from the arguments, a file or stdin: a line per line (N: --nbest)."""
-    from mha.data.files import read_lines
     from mha.inference.translate import decode_chunks
 
-    _check_sources(texts, input_file, attention, self_attention, engine, no_cache)
+    lines = _sources(texts, input_file, attention, self_attention, engine, no_cache, ensemble)
     opt.check_output_options(attention=attention is not None, nbest=nbest, as_json=as_json,
                              token_scores=token_scores, sample=sample, prefix=prefix)
-    check_ensemble(ensemble, engine, attention is not None)
     opt.check_alignments(alignments, align_layer, shift_att, engine, attention, ensemble)
     sampling = opt.sampling_of(sample, top_k, top_p, temperature, seed)
-    lines = read_lines(input_file) if input_file else texts  # fails before the model loads
     translator, decode = open_engine(run_dir, engine, which, device, not no_cache, ensemble,
                                      quantization)
     search = opt.search_of(beam, decode.beam, nbest, sampling)
@@ -87,14 +84,21 @@ def translate(
     _emit(opt.printed(translations, nbest=nbest, as_json=as_json), output_file)
 
 
-def _check_sources(texts: list[str] | None, input_file: Path | None, attention: Path | None,
-                   self_attention: bool, engine: str = "mha", no_cache: bool = False) -> None:
+def _sources(texts: list[str] | None, input_file: Path | None, attention: Path | None,
+             self_attention: bool, engine: str = "mha", no_cache: bool = False,
+             ensemble: list[str] | None = None) -> list[str] | None:
+    """The sentences to translate: `texts`, or input_file's lines (read before the model loads),
+    or None for stdin; fails for options that do not go with them or with the engine."""
+    from mha.data.files import read_lines
+
     check_engine(engine, no_cache or attention is not None)
+    check_ensemble(ensemble, engine, attention is not None)
     if texts and input_file:
         fail("give sentences as arguments or with --input FILE, not both")
     if (attention or self_attention) and (attention is None or len(texts or []) != 1):
         fail("--attention FILE.png draws one sentence: give exactly one TEXT "
              "(and --self-attention only with it)")
+    return read_lines(input_file) if input_file else texts
 
 
 def _draw(model, tokenizer, text: str, decode, beam: int, picture: Path,
@@ -134,11 +138,9 @@ def explore(
         show_default=False)] = None,
 ) -> None:
     """Write one self-contained HTML page that shows every attention weight, step by step."""
-    from mha.data.files import read_lines
     from mha.inference.explore import explore as write_page
 
-    _check_sources(texts, input_file, None, False)
-    lines = read_lines(input_file) if input_file else texts or []
+    lines = _sources(texts, input_file, None, False) or []
     output = output_file or run_dir / "explore.html"
     write_page(run_dir, lines, output, which=which, beam=beam, device=device,
                name=str(input_file or "the arguments"), history=history)

@@ -10,13 +10,13 @@ output projection gets an int8 copy and the embedding table keeps its float weig
 Route: torchao's dynamic int8 (`Int8DynamicActivationInt8WeightConfig`), chosen over its int8
 weight-only (`Int8WeightOnlyConfig`, int8 weights dequantized inside a float matmul) by
 bench/int8_routes.py (en-de preset, one thread; table in bench/results_int8.md). Only dynamic int8
-is faster than float32 anywhere: under torch.compile at batch 64, 1.2-1.5x a cached decoder
-step in three runs, as CTranslate2 int8 is (int8 x int8 matmuls). Weight-only never is: the
-weights (6.5 MiB) sit in the CPU's caches, so reading a quarter of the bytes saves nothing.
-Eager, both are slower than float32, dynamic most (7x a step at batch 1, 2x at batch 64: torchao
-quantizes each matmul's input with a few small ops), so int8 is for large batches compiled, not
-for a sentence at a time. Both keep test BLEU within 0.3 of float32 (dynamic +0.07, weight-only
--0.20).
+is faster than float32 anywhere: under torch.compile at batch 64, 1.2-1.75x a cached decoder
+step in four runs, as CTranslate2 int8 is (int8 x int8 matmuls). Weight-only is at best level
+with it: the weights (6.5 MiB) sit in the CPU's caches, so reading a quarter of the bytes saves
+nothing. Eager, both are slower than float32, dynamic most (7x a step at batch 1, 1.4-2x at
+batch 64: torchao quantizes each matmul's input with a few small ops), so int8 is for large
+batches compiled, not for a sentence at a time. Both keep test BLEU within 0.3 of float32
+(dynamic +0.07, weight-only -0.20).
 
 torchao is the maintained successor of `torch.ao.quantization` (deprecated): an optional extra,
 `mha[int8]`, imported only when int8 is asked for.
