@@ -8,6 +8,8 @@ gives the milliseconds a decoder step takes and the MiB of weights one step read
 step reads all its weights once, cached or not, and runs the same ops, a cost the cache cannot
 save (bench/cache_curve.py shows its gain by output length).
 
+With torchao installed, mha's cached greedy also runs with int8 matmuls (`--quantization int8`,
+inference/quantize.py: eager here, so slower than float32; int8 pays only compiled).
 With ctranslate2 installed, the run is also exported (`mha export`, float32) into a temporary
 folder and decoded greedily by CTranslate2 float32 and int8 (weights quantized on load), on the
 same sentences and batching as mha's rows, with `intra_threads` set to --ct2-threads.
@@ -34,6 +36,9 @@ CASES = [  # (name, beam, use_cache, batch size or None for --batch-size)
     ("greedy, cache", 1, True, None), ("greedy, no cache", 1, False, None),
     ("beam 4", 4, True, None),
 ]
+INT8_CASES = [  # (name, batch size or None for --batch-size): cached greedy, --quantization int8
+    ("greedy, cache, int8", 1), ("greedy, cache, int8", None),
+]
 CT2_CASES = [  # (name, compute type, batch size or None for --batch-size): greedy
     ("CTranslate2 float32, greedy", "float32", 1), ("CTranslate2 int8, greedy", "int8", 1),
     ("CTranslate2 float32, greedy", "float32", None), ("CTranslate2 int8, greedy", "int8", None),
@@ -59,6 +64,10 @@ def child(args: argparse.Namespace) -> None:
 
     lines = sources(args.run, args.src_file)[:args.count]
     model, tokenizer, cfg = load_model(args.run, args.checkpoint, args.device)
+    if args.quantization == "int8":
+        from mha.inference.quantize import quantize_int8
+
+        quantize_int8(model)
     engine = MhaEngine(model, tokenizer, cfg.decode, use_cache=args.use_cache)
     options = {"batch_size": args.batch, "beam": args.beam}
     list(translate_lines(engine, lines[:2], **options))  # warm-up: first-call costs
@@ -89,8 +98,16 @@ def step_weights(model, use_cache: bool) -> int:
     cache, encoder-decoder attention's W_K and W_V are not among them (applied once a sentence)."""
     skip = {id(p) for layer in model.decoder for p in [*layer.cross_attn.w_k.parameters(),
                                                        *layer.cross_attn.w_v.parameters()]}
-    params = [*model.decoder.parameters(), *model.decoder_norm.parameters(), model.output.weight]
-    return sum(p.numel() * p.element_size() for p in params if not (use_cache and id(p) in skip))
+    params = [p for name, p in model.decoder.named_parameters()  # not int8's copy of a stack
+              if not name.endswith("attn.weight")]  # (inference/quantize.py) besides W_Q ...
+    params += [*model.decoder_norm.parameters(), model.output.weight]
+    return sum(nbytes(p) for p in params if not (use_cache and id(p) in skip))
+
+
+def nbytes(weight) -> int:
+    """Bytes of a weight; an int8 one (torchao's) is its int8 data and its float scales."""
+    parts = (weight.qdata, weight.scale) if hasattr(weight, "qdata") else (weight,)
+    return sum(part.numel() * part.element_size() for part in parts)
 
 
 def ct2_child(args: argparse.Namespace) -> None:
@@ -127,10 +144,24 @@ def cases(args: argparse.Namespace, export_dir: Path | None) -> list[tuple[str, 
     """(name, child options, batch size) for every case to time."""
     mha = [(name, ["--beam", str(beam)] + ([] if use_cache else ["--no-cache"]),
             batch or args.batch_size) for name, beam, use_cache, batch in CASES]
+    mha += [(name, ["--quantization", "int8"], batch or args.batch_size)
+            for name, batch in INT8_CASES if has_torchao()]
     if export_dir is None:
         return mha
     return mha + [(name, ["--ct2", compute_type, "--export", str(export_dir)],
                    batch or args.batch_size) for name, compute_type, batch in CT2_CASES]
+
+
+def has_torchao() -> bool:
+    from mha.configs.schema import ConfigError
+    from mha.inference.quantize import import_torchao
+
+    try:
+        import_torchao()
+    except ConfigError as error:
+        print(f"no int8 rows: {error}")
+        return False
+    return True
 
 
 def export_run(args: argparse.Namespace, folder: Path) -> Path | None:
@@ -195,6 +226,10 @@ def summary(speed: dict[tuple[str, int], float], batch_size: int) -> None:
             if theirs and ("greedy, cache", batch) in speed:
                 print(f"batch {batch}: CTranslate2 {compute_type} / mha cached greedy: "
                       f"{theirs / speed['greedy, cache', batch]:.2f}x")
+        theirs, ours = (speed.get(("CTranslate2 int8, greedy", batch)),
+                        speed.get(("greedy, cache, int8", batch)))
+        if theirs and ours:
+            print(f"batch {batch}: CTranslate2 int8 / mha cached greedy int8: {theirs / ours:.2f}x")
 
 
 def parse_args() -> argparse.Namespace:
@@ -217,6 +252,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--count", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--no-cache", dest="use_cache", action="store_false",
                         help=argparse.SUPPRESS)
+    parser.add_argument("--quantization", default=None, help=argparse.SUPPRESS)  # int8
     parser.add_argument("--ct2", default=None, help=argparse.SUPPRESS)  # compute type
     parser.add_argument("--export", type=Path, default=None, help=argparse.SUPPRESS)
     return parser.parse_args()

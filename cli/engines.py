@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
+
+import typer
 
 from mha.configs.schema import ConfigError, DecodeConfig
 from mha.inference.translate import Engine
 
 ENGINES = ("mha", "ctranslate2")
+MODEL = "Model and engine"
+QuantizationOpt = Annotated[str | None, typer.Option(
+    "--quantization", help="int8: int8 matmuls on the CPU (mha: torchao's dynamic int8, faster "
+    "than float32 only with torch.compile at large batches; ctranslate2: compute type int8); "
+    "float32 (default: the weights as stored).", rich_help_panel=MODEL, show_default=False)]
 
 
 def check_engine(engine: str, own_decoder_options: bool = False) -> None:
@@ -29,19 +37,29 @@ def check_ensemble(others: list[str] | None, engine: str, attention: bool) -> No
 
 def open_engine(
     run_dir: Path, engine: str, which: str, device: str, use_cache: bool = True,
-    ensemble: list[str] | None = None,
+    ensemble: list[str] | None = None, quantization: str | None = None,
 ) -> tuple[Engine, DecodeConfig]:
     """The engine `--engine` names, for `mha translate` and `mha eval`, with the run's decode
-    defaults (mha's own decoder: from checkpoint `which`, with the `--ensemble` members)."""
+    defaults (mha's own decoder: from checkpoint `which`, with the `--ensemble` members, its
+    matmuls in int8 with `quantization` int8: inference/quantize.py)."""
+    from mha.inference.quantize import check_quantization
+    from mha.inference.run import pick_device
+
     if engine == "ctranslate2":
         from mha.inference.ct2 import CTranslate2Engine
 
-        exported = CTranslate2Engine(run_dir, device=device)
+        check_quantization(quantization)  # CTranslate2 has int8 on CUDA too
+        exported = CTranslate2Engine(run_dir, device=device,
+                                     compute_type=quantization or "default")
         return exported, exported.cfg.decode
     from mha.inference.ensemble import load_ensemble
+    from mha.inference.quantize import quantize_int8
     from mha.inference.run import load_model
     from mha.inference.translate import MhaEngine
 
+    check_quantization(quantization, pick_device(device))  # before the model loads
     model, tokenizer, cfg = (load_ensemble(run_dir, which, ensemble, device) if ensemble
                              else load_model(run_dir, which, device))
+    if quantization == "int8":
+        quantize_int8(model)
     return MhaEngine(model, tokenizer, cfg.decode, use_cache=use_cache), cfg.decode

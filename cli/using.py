@@ -10,9 +10,8 @@ import typer
 
 from mha.cli import decoding as opt
 from mha.cli.app import command, fail
-from mha.cli.engines import check_engine, check_ensemble, open_engine
+from mha.cli.engines import MODEL, QuantizationOpt, check_engine, check_ensemble, open_engine
 
-MODEL = "Model and engine"
 RunArg = Annotated[Path, typer.Argument(help="A run folder made by `mha train`.")]
 CheckpointOpt = Annotated[str, typer.Option(
     "--checkpoint", help="best, last or a checkpoint path.", rich_help_panel=MODEL)]
@@ -54,6 +53,7 @@ def translate(
     batch_size: BatchOpt = None,
     device: DeviceOpt = "auto",
     engine: EngineOpt = "mha",
+    quantization: QuantizationOpt = None,
     ensemble: EnsembleOpt = None,
     attention: opt.AttentionOpt = None,
     self_attention: opt.SelfAttentionOpt = False,
@@ -62,17 +62,15 @@ def translate(
     shift_att: opt.ShiftAttOpt = False,
 ) -> None:
     """Translate sentences from the arguments, a file or stdin: a line per line (N: --nbest)."""
-    from mha.data.files import read_lines
     from mha.inference.translate import decode_chunks
 
-    _check_sources(texts, input_file, attention, self_attention, engine, no_cache)
+    lines = _sources(texts, input_file, attention, self_attention, engine, no_cache, ensemble)
     opt.check_output_options(attention=attention is not None, nbest=nbest, as_json=as_json,
                              token_scores=token_scores, sample=sample, prefix=prefix)
-    check_ensemble(ensemble, engine, attention is not None)
     opt.check_alignments(alignments, align_layer, shift_att, engine, attention, ensemble)
     sampling = opt.sampling_of(sample, top_k, top_p, temperature, seed)
-    lines = read_lines(input_file) if input_file else texts  # fails before the model loads
-    translator, decode = open_engine(run_dir, engine, which, device, not no_cache, ensemble)
+    translator, decode = open_engine(run_dir, engine, which, device, not no_cache, ensemble,
+                                     quantization)
     search = opt.search_of(beam, decode.beam, nbest, sampling)
     batch_size = batch_size or decode.batch_size
     align = opt.aligner_of(alignments, align_layer, shift_att, run_dir, translator, batch_size)
@@ -86,14 +84,21 @@ def translate(
     _emit(opt.printed(translations, nbest=nbest, as_json=as_json), output_file)
 
 
-def _check_sources(texts: list[str] | None, input_file: Path | None, attention: Path | None,
-                   self_attention: bool, engine: str = "mha", no_cache: bool = False) -> None:
+def _sources(texts: list[str] | None, input_file: Path | None, attention: Path | None,
+             self_attention: bool, engine: str = "mha", no_cache: bool = False,
+             ensemble: list[str] | None = None) -> list[str] | None:
+    """The sentences to translate: `texts`, or input_file's lines (read before the model loads),
+    or None for stdin; fails for options that do not go with them or with the engine."""
+    from mha.data.files import read_lines
+
     check_engine(engine, no_cache or attention is not None)
+    check_ensemble(ensemble, engine, attention is not None)
     if texts and input_file:
         fail("give sentences as arguments or with --input FILE, not both")
     if (attention or self_attention) and (attention is None or len(texts or []) != 1):
         fail("--attention FILE.png draws one sentence: give exactly one TEXT "
              "(and --self-attention only with it)")
+    return read_lines(input_file) if input_file else texts
 
 
 def _draw(model, tokenizer, text: str, decode, beam: int, picture: Path,
@@ -133,11 +138,9 @@ def explore(
         show_default=False)] = None,
 ) -> None:
     """Write one self-contained HTML page that shows every attention weight, step by step."""
-    from mha.data.files import read_lines
     from mha.inference.explore import explore as write_page
 
-    _check_sources(texts, input_file, None, False)
-    lines = read_lines(input_file) if input_file else texts or []
+    lines = _sources(texts, input_file, None, False) or []
     output = output_file or run_dir / "explore.html"
     write_page(run_dir, lines, output, which=which, beam=beam, device=device,
                name=str(input_file or "the arguments"), history=history)
@@ -162,6 +165,7 @@ def eval(  # the command's name; shadows the builtin only inside this module
     which: CheckpointOpt = "best",
     device: DeviceOpt = "auto",
     engine: EngineOpt = "mha",
+    quantization: QuantizationOpt = None,
     ensemble: EnsembleOpt = None,
     alignments: opt.EvalAlignmentsOpt = False,
     align_layer: opt.AlignLayerOpt = None,
@@ -178,13 +182,15 @@ def eval(  # the command's name; shadows the builtin only inside this module
 
     check_engine(engine, bool(ensemble))
     opt.check_alignments(alignments, align_layer, shift_att, engine, None, ensemble)
-    translator, decode = open_engine(run_dir, engine, which, device, ensemble=ensemble)
+    translator, decode = open_engine(run_dir, engine, which, device, ensemble=ensemble,
+                                     quantization=quantization)
     beam, batch_size = beam or decode.beam, batch_size or decode.batch_size
     align = opt.aligner_of(alignments, align_layer, shift_att, run_dir, translator, batch_size)
     sources, references, name = eval_set(run_dir, split, src_file, ref_file)
     warn_unknown_characters(translator.tokenizer, sources, str(src_file or f"the {split} split"))
     members = translator.model.sources if ensemble else None  # named in the JSON
-    result_path = run_dir / "eval" / f"{name}.{_decoding(beam, engine, members)}.json"
+    label = _decoding(beam, engine, members) + (".int8" if quantization == "int8" else "")
+    result_path = run_dir / "eval" / f"{name}.{label}.json"
     hyp_path = output_file or result_path.with_suffix(".hyp")  # the JSON: read by `mha compare`
     provenance = {"eval": environment(pick_device(device)), "run": read_run(run_dir)}
     result = evaluate(translator, sources, references, batch_size=batch_size, beam=beam,
