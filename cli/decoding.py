@@ -35,6 +35,11 @@ OutputOpt = Annotated[Path | None, typer.Option(
 NoCacheOpt = Annotated[bool, typer.Option(
     "--no-cache", help="Greedy without the KV cache (same output, slower).",
     rich_help_panel=SEARCH)]
+CompileOpt = Annotated[bool | None, typer.Option(
+    "--compile/--no-compile", help="Greedy decoding compiled (torch.compile): faster a sentence, "
+    "after compiling once, seconds to a minute (default: the run's decode.compile; auto: for 500 "
+    "or more input lines). Beam, sampling, prefixes, ensembles, alignments run eager.",
+    rich_help_panel=SEARCH, show_default=False)]
 AttentionOpt = Annotated[Path | None, typer.Option(
     "--attention", help="Draw the sentence's attention into this PNG.", rich_help_panel=PICTURE)]
 SelfAttentionOpt = Annotated[bool, typer.Option(

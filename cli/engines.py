@@ -29,10 +29,12 @@ def check_ensemble(others: list[str] | None, engine: str, attention: bool) -> No
 
 def open_engine(
     run_dir: Path, engine: str, which: str, device: str, use_cache: bool = True,
-    ensemble: list[str] | None = None,
+    ensemble: list[str] | None = None, compile: bool | None = False, lines: int | None = None,
 ) -> tuple[Engine, DecodeConfig]:
     """The engine `--engine` names, for `mha translate` and `mha eval`, with the run's decode
-    defaults (mha's own decoder: from checkpoint `which`, with the `--ensemble` members)."""
+    defaults (mha's own decoder: from checkpoint `which`, with the `--ensemble` members; greedy
+    compiled as `compile` says, None: as the run's decode.compile says for `lines` input lines,
+    inference/fast_decode.py)."""
     if engine == "ctranslate2":
         from mha.inference.ct2 import CTranslate2Engine
 
@@ -44,4 +46,7 @@ def open_engine(
 
     model, tokenizer, cfg = (load_ensemble(run_dir, which, ensemble, device) if ensemble
                              else load_model(run_dir, which, device))
-    return MhaEngine(model, tokenizer, cfg.decode, use_cache=use_cache), cfg.decode
+    from mha.inference.fast_decode import compile_wanted
+
+    wanted = compile_wanted(cfg.decode.compile if compile is None else compile, lines)
+    return MhaEngine(model, tokenizer, cfg.decode, use_cache=use_cache, compile=wanted), cfg.decode

@@ -45,6 +45,7 @@ def translate(
     nbest: opt.NbestOpt = None,
     prefix: opt.PrefixOpt = None,
     no_cache: opt.NoCacheOpt = False,
+    compile: opt.CompileOpt = None,
     sample: opt.SampleOpt = False,
     top_k: opt.TopKOpt = None,
     top_p: opt.TopPOpt = None,
@@ -72,7 +73,9 @@ def translate(
     opt.check_alignments(alignments, align_layer, shift_att, engine, attention, ensemble)
     sampling = opt.sampling_of(sample, top_k, top_p, temperature, seed)
     lines = read_lines(input_file) if input_file else texts  # fails before the model loads
-    translator, decode = open_engine(run_dir, engine, which, device, not no_cache, ensemble)
+    eager = alignments or token_scores or attention is not None  # their passes hook the model
+    translator, decode = open_engine(run_dir, engine, which, device, not no_cache, ensemble,
+                                     False if eager else compile, _count(lines))
     search = opt.search_of(beam, decode.beam, nbest, sampling)
     batch_size = batch_size or decode.batch_size
     align = opt.aligner_of(alignments, align_layer, shift_att, run_dir, translator, batch_size)
@@ -84,6 +87,11 @@ def translate(
     translations = decode_chunks(translator, chunks, search, batch_size=batch_size,
                                  prefix=prefix or "", token_scores=token_scores, align=align)
     _emit(opt.printed(translations, nbest=nbest, as_json=as_json), output_file)
+
+
+def _count(lines: list[str] | None) -> int | None:
+    """How many lines to translate, None for stdin's (not known before they arrive)."""
+    return None if lines is None else len(lines)
 
 
 def _check_sources(texts: list[str] | None, input_file: Path | None, attention: Path | None,
@@ -163,6 +171,7 @@ def eval(  # the command's name; shadows the builtin only inside this module
     device: DeviceOpt = "auto",
     engine: EngineOpt = "mha",
     ensemble: EnsembleOpt = None,
+    compile: opt.CompileOpt = None,
     alignments: opt.EvalAlignmentsOpt = False,
     align_layer: opt.AlignLayerOpt = None,
     shift_att: opt.ShiftAttOpt = False,
@@ -178,10 +187,12 @@ def eval(  # the command's name; shadows the builtin only inside this module
 
     check_engine(engine, bool(ensemble))
     opt.check_alignments(alignments, align_layer, shift_att, engine, None, ensemble)
-    translator, decode = open_engine(run_dir, engine, which, device, ensemble=ensemble)
+    sources, references, name = eval_set(run_dir, split, src_file, ref_file)
+    translator, decode = open_engine(run_dir, engine, which, device, ensemble=ensemble,
+                                     compile=False if alignments else compile,
+                                     lines=len(sources))
     beam, batch_size = beam or decode.beam, batch_size or decode.batch_size
     align = opt.aligner_of(alignments, align_layer, shift_att, run_dir, translator, batch_size)
-    sources, references, name = eval_set(run_dir, split, src_file, ref_file)
     warn_unknown_characters(translator.tokenizer, sources, str(src_file or f"the {split} split"))
     members = translator.model.sources if ensemble else None  # named in the JSON
     result_path = run_dir / "eval" / f"{name}.{_decoding(beam, engine, members)}.json"
@@ -202,7 +213,9 @@ def _report(as_json: str | None, result: dict, hyp_path: Path, result_path: Path
     typer.echo(f"{result['bleu_text']}\n  {result['signature']['bleu']}")
     typer.echo(f"{result['bleu_lc_text']} (lowercased)\n  {result['signature']['bleu_lc']}")
     typer.echo(f"{result['chrf_text']}\n  {result['signature']['chrf']}")
-    typer.echo(f"{result['sentences']} sentences in {result['seconds']:.1f} s "
+    compiled = (f" after compiling for {result['compile_seconds']:.1f} s"
+                if result["compile_seconds"] else "")
+    typer.echo(f"{result['sentences']} sentences in {result['seconds']:.1f} s{compiled} "
                f"({result['sentences_per_second']} sentences/s); hypotheses in {hyp_path}, "
                f"scores in {result_path}"
                + (f", word links in {hyp_path.with_suffix('.align')}" if align else ""))
