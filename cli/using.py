@@ -63,19 +63,16 @@ def translate(
     shift_att: opt.ShiftAttOpt = False,
 ) -> None:
     """Translate sentences from the arguments, a file or stdin: a line per line (N: --nbest)."""
-    from mha.data.files import read_lines
     from mha.inference.translate import decode_chunks
 
-    _check_sources(texts, input_file, attention, self_attention, engine, no_cache)
+    lines = _check_sources(texts, input_file, attention, self_attention, engine, no_cache)
     opt.check_output_options(attention=attention is not None, nbest=nbest, as_json=as_json,
                              token_scores=token_scores, sample=sample, prefix=prefix)
     check_ensemble(ensemble, engine, attention is not None)
     opt.check_alignments(alignments, align_layer, shift_att, engine, attention, ensemble)
     sampling = opt.sampling_of(sample, top_k, top_p, temperature, seed)
-    lines = read_lines(input_file) if input_file else texts  # fails before the model loads
-    eager = alignments or token_scores or attention is not None  # their passes hook the model
     translator, decode = open_engine(run_dir, engine, which, device, not no_cache, ensemble,
-                                     False if eager else compile, _count(lines))
+                                     *_compiling(compile, lines, alignments or token_scores))
     search = opt.search_of(beam, decode.beam, nbest, sampling)
     batch_size = batch_size or decode.batch_size
     align = opt.aligner_of(alignments, align_layer, shift_att, run_dir, translator, batch_size)
@@ -89,19 +86,25 @@ def translate(
     _emit(opt.printed(translations, nbest=nbest, as_json=as_json), output_file)
 
 
-def _count(lines: list[str] | None) -> int | None:
-    """How many lines to translate, None for stdin's (not known before they arrive)."""
-    return None if lines is None else len(lines)
+def _compiling(compile: bool | None, lines: list[str] | None, hooked: bool) -> tuple:
+    """open_engine's `compile` and `lines`: --alignments, --token-scores decode eager; stdin's
+    lines are not counted (--attention's picture makes an eager engine of its own)."""
+    return (False if hooked else compile), (None if lines is None else len(lines))
 
 
 def _check_sources(texts: list[str] | None, input_file: Path | None, attention: Path | None,
-                   self_attention: bool, engine: str = "mha", no_cache: bool = False) -> None:
+                   self_attention: bool, engine: str = "mha",
+                   no_cache: bool = False) -> list[str] | None:
+    """The lines to translate, read before the model loads (None: stdin's)."""
+    from mha.data.files import read_lines
+
     check_engine(engine, no_cache or attention is not None)
     if texts and input_file:
         fail("give sentences as arguments or with --input FILE, not both")
     if (attention or self_attention) and (attention is None or len(texts or []) != 1):
         fail("--attention FILE.png draws one sentence: give exactly one TEXT "
              "(and --self-attention only with it)")
+    return read_lines(input_file) if input_file else texts
 
 
 def _draw(model, tokenizer, text: str, decode, beam: int, picture: Path,
@@ -180,14 +183,14 @@ def eval(  # the command's name; shadows the builtin only inside this module
     their signatures)."""
     import json
 
-    from mha.inference.evaluate import eval_set, evaluate
+    from mha.inference.evaluate import evaluate
     from mha.inference.provenance import environment, read_run
     from mha.inference.run import pick_device
     from mha.inference.translate import warn_unknown_characters
 
     check_engine(engine, bool(ensemble))
     opt.check_alignments(alignments, align_layer, shift_att, engine, None, ensemble)
-    sources, references, name = eval_set(run_dir, split, src_file, ref_file)
+    sources, references, name = _eval_input(run_dir, engine, which, split, src_file, ref_file)
     translator, decode = open_engine(run_dir, engine, which, device, ensemble=ensemble,
                                      compile=False if alignments else compile,
                                      lines=len(sources))
@@ -202,6 +205,18 @@ def eval(  # the command's name; shadows the builtin only inside this module
                       hyp_path=hyp_path, result_path=result_path, provenance=provenance,
                       ensemble=members, align=align, align_path=hyp_path.with_suffix(".align"))
     _report(json.dumps(result) if as_json else None, result, hyp_path, result_path, align)
+
+
+def _eval_input(run_dir: Path, engine: str, which: str, split: str, src_file: Path | None,
+                ref_file: Path | None) -> tuple[list[str], list[str], str]:
+    """eval_set's (sources, references, name) before the model loads, for decode.compile's
+    count; a missing run or checkpoint is named first."""
+    from mha.inference.checkpoint import resolve
+    from mha.inference.evaluate import eval_set
+
+    if engine == "mha":
+        resolve(run_dir, which)
+    return eval_set(run_dir, split, src_file, ref_file)
 
 
 def _report(as_json: str | None, result: dict, hyp_path: Path, result_path: Path,

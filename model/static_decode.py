@@ -151,7 +151,9 @@ class StaticGreedy:
         model, wanted = self.model, src_ids.shape[0]
         if src_ids.shape[1] == 1:
             src_ids = F.pad(src_ids, (0, 1), value=model.pad_id)  # (B, 2)
-        src_ids = src_ids.expand(2, -1) if wanted == 1 else src_ids  # (B >= 2, S >= 2)
+        # (B >= 2, S >= 2), made here under inference_mode whatever came in: a tensor made
+        # outside it has other dispatch keys, which would compile a graph of their own
+        src_ids = src_ids.repeat(2 if wanted == 1 else 1, 1)
         B = src_ids.shape[0]
         kv, src_keep, src_pad_mask = self.encode(src_ids)
         limits = length_limits(src_pad_mask, max_len_a, max_len_b, model.cfg.max_tokens)
