@@ -87,8 +87,7 @@ def translate(
 
 
 def _compiling(compile: bool | None, lines: list[str] | None, hooked: bool) -> tuple:
-    """open_engine's `compile` and `lines`: --alignments, --token-scores decode eager; stdin's
-    lines are not counted (--attention's picture makes an eager engine of its own)."""
+    """open_engine's compile and lines: --alignments, --token-scores eager; stdin: uncounted."""
     return (False if hooked else compile), (None if lines is None else len(lines))
 
 
