@@ -37,7 +37,7 @@ NoCacheOpt = Annotated[bool, typer.Option(
     rich_help_panel=SEARCH)]
 CompileOpt = Annotated[bool | None, typer.Option(
     "--compile/--no-compile", help="Greedy decoding compiled (torch.compile): faster a sentence, "
-    "after compiling once, seconds to a minute (default: the run's decode.compile; auto: for 500 "
+    "after compiling once, seconds to a minute (default: the run's decode.compile; auto: for 1000 "
     "or more input lines). Beam, sampling, prefixes, ensembles, alignments run eager.",
     rich_help_panel=SEARCH, show_default=False)]
 AttentionOpt = Annotated[Path | None, typer.Option(
