@@ -35,6 +35,11 @@ OutputOpt = Annotated[Path | None, typer.Option(
 NoCacheOpt = Annotated[bool, typer.Option(
     "--no-cache", help="Greedy without the KV cache (same output, slower).",
     rich_help_panel=SEARCH)]
+CompileOpt = Annotated[bool | None, typer.Option(
+    "--compile/--no-compile", help="Greedy decoding compiled (torch.compile): faster a sentence, "
+    "after compiling once, seconds to a minute (default: the run's decode.compile; auto: for 1000 "
+    "or more input lines). Beam, sampling, prefixes, ensembles, alignments run eager.",
+    rich_help_panel=SEARCH, show_default=False)]
 AttentionOpt = Annotated[Path | None, typer.Option(
     "--attention", help="Draw the sentence's attention into this PNG.", rich_help_panel=PICTURE)]
 SelfAttentionOpt = Annotated[bool, typer.Option(
@@ -167,15 +172,15 @@ def check_output_options(*, attention: bool, nbest: int | None, as_json: bool,
                           f"{', '.join(others)}")
 
 
-def input_chunks(tokenizer: Tokenizer, lines: list[str] | None, name: str,
+def input_chunks(tokenizer: Tokenizer, lines: list[str] | None, input_file: Path | None,
                  batch_size: int) -> Iterator[list[str]]:
-    """Chunks of `lines` (named `name` in the one warning about characters the tokenizer lacks),
-    or of stdin as its lines arrive, with such a warning per chunk."""
+    """Chunks of `lines` (named by input_file, else "the arguments", in the one warning about
+    characters the tokenizer lacks), or of stdin as its lines arrive, a warning per chunk."""
     from mha.cli.stdin import stdin_chunks
 
     if lines is None:
         return warn_unknown_in_chunks(tokenizer, stdin_chunks(batch_size))
-    warn_unknown_characters(tokenizer, lines, name)
+    warn_unknown_characters(tokenizer, lines, str(input_file or "the arguments"))
     return chunked(iter(lines), batch_size * CHUNK_BATCHES)
 
 

@@ -35,13 +35,21 @@ def check_ensemble(others: list[str] | None, engine: str, attention: bool) -> No
         raise ConfigError("--attention draws one model's attention: leave out --ensemble")
 
 
+def compiling(compile: bool | None, lines: list[str] | None, hooked: bool) -> tuple:
+    """open_engine's compile and lines: --alignments, --token-scores eager; stdin: uncounted."""
+    return (False if hooked else compile), (None if lines is None else len(lines))
+
+
 def open_engine(
     run_dir: Path, engine: str, which: str, device: str, use_cache: bool = True,
     ensemble: list[str] | None = None, quantization: str | None = None,
+    compile: bool | None = False, lines: int | None = None,
 ) -> tuple[Engine, DecodeConfig]:
     """The engine `--engine` names, for `mha translate` and `mha eval`, with the run's decode
     defaults (mha's own decoder: from checkpoint `which`, with the `--ensemble` members, its
-    matmuls in int8 with `quantization` int8: inference/quantize.py)."""
+    matmuls in int8 with `quantization` int8: inference/quantize.py; greedy compiled as
+    `compile` says, None: as the run's decode.compile says for `lines` input lines,
+    inference/fast_decode.py)."""
     from mha.inference.quantize import check_quantization
     from mha.inference.run import pick_device
 
@@ -62,4 +70,7 @@ def open_engine(
                              else load_model(run_dir, which, device))
     if quantization == "int8":
         quantize_int8(model)
-    return MhaEngine(model, tokenizer, cfg.decode, use_cache=use_cache), cfg.decode
+    from mha.inference.fast_decode import compile_wanted
+
+    wanted = compile_wanted(cfg.decode.compile if compile is None else compile, lines)
+    return MhaEngine(model, tokenizer, cfg.decode, use_cache=use_cache, compile=wanted), cfg.decode

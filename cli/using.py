@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import json
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from mha.cli import decoding as opt
+from mha.cli import engines
 from mha.cli.app import command, fail
 from mha.cli.engines import MODEL, QuantizationOpt, check_engine, check_ensemble, open_engine
 
@@ -44,6 +46,7 @@ def translate(
     nbest: opt.NbestOpt = None,
     prefix: opt.PrefixOpt = None,
     no_cache: opt.NoCacheOpt = False,
+    compile: opt.CompileOpt = None,
     sample: opt.SampleOpt = False,
     top_k: opt.TopKOpt = None,
     top_p: opt.TopPOpt = None,
@@ -70,12 +73,12 @@ def translate(
     opt.check_alignments(alignments, align_layer, shift_att, engine, attention, ensemble)
     sampling = opt.sampling_of(sample, top_k, top_p, temperature, seed)
     translator, decode = open_engine(run_dir, engine, which, device, not no_cache, ensemble,
-                                     quantization)
+                                     quantization,
+                                     *engines.compiling(compile, lines, alignments or token_scores))
     search = opt.search_of(beam, decode.beam, nbest, sampling)
     batch_size = batch_size or decode.batch_size
     align = opt.aligner_of(alignments, align_layer, shift_att, run_dir, translator, batch_size)
-    chunks = opt.input_chunks(translator.tokenizer, lines, str(input_file or "the arguments"),
-                              batch_size)
+    chunks = opt.input_chunks(translator.tokenizer, lines, input_file, batch_size)
     if attention:  # decoded once, for the picture and the answer
         return _emit([_draw(translator.model, translator.tokenizer, texts[0], decode,
                             search.beam, attention, self_attention)], output_file)
@@ -167,59 +170,75 @@ def eval(  # the command's name; shadows the builtin only inside this module
     engine: EngineOpt = "mha",
     quantization: QuantizationOpt = None,
     ensemble: EnsembleOpt = None,
+    compile: opt.CompileOpt = None,
     alignments: opt.EvalAlignmentsOpt = False,
     align_layer: opt.AlignLayerOpt = None,
     shift_att: opt.ShiftAttOpt = False,
 ) -> None:
-    """Translate a test set and score it with sacreBLEU (BLEU cased and lowercased, chrF, with
-    their signatures)."""
-    import json
-
-    from mha.inference.evaluate import eval_set, evaluate
+    """Translate a test set; score it with sacreBLEU (BLEU cased, lowercased; chrF; signatures)."""
+    from mha.inference.evaluate import evaluate
     from mha.inference.provenance import environment, read_run
     from mha.inference.run import pick_device
     from mha.inference.translate import warn_unknown_characters
 
     check_engine(engine, bool(ensemble))
     opt.check_alignments(alignments, align_layer, shift_att, engine, None, ensemble)
+    sources, references, name = _eval_input(run_dir, engine, which, split, src_file, ref_file)
     translator, decode = open_engine(run_dir, engine, which, device, ensemble=ensemble,
-                                     quantization=quantization)
+                                     quantization=quantization,
+                                     compile=False if alignments else compile,
+                                     lines=len(sources))
     beam, batch_size = beam or decode.beam, batch_size or decode.batch_size
     align = opt.aligner_of(alignments, align_layer, shift_att, run_dir, translator, batch_size)
-    sources, references, name = eval_set(run_dir, split, src_file, ref_file)
     warn_unknown_characters(translator.tokenizer, sources, str(src_file or f"the {split} split"))
     members = translator.model.sources if ensemble else None  # named in the JSON
-    label = _decoding(beam, engine, members) + (".int8" if quantization == "int8" else "")
+    label = _decoding(beam, engine, members, quantization)
     result_path = run_dir / "eval" / f"{name}.{label}.json"
     hyp_path = output_file or result_path.with_suffix(".hyp")  # the JSON: read by `mha compare`
     provenance = {"eval": environment(pick_device(device)), "run": read_run(run_dir)}
     result = evaluate(translator, sources, references, batch_size=batch_size, beam=beam,
                       hyp_path=hyp_path, result_path=result_path, provenance=provenance,
                       ensemble=members, align=align, align_path=hyp_path.with_suffix(".align"))
-    _report(json.dumps(result) if as_json else None, result, hyp_path, result_path, align)
+    _report(as_json, result, hyp_path, result_path, align)
 
 
-def _report(as_json: str | None, result: dict, hyp_path: Path, result_path: Path,
-            align) -> None:
+def _eval_input(run_dir: Path, engine: str, which: str, split: str, src_file: Path | None,
+                ref_file: Path | None) -> tuple[list[str], list[str], str]:
+    """eval_set's (sources, references, name) before the model loads, for decode.compile's
+    count; a missing run or checkpoint is named first."""
+    from mha.inference.checkpoint import resolve
+    from mha.inference.evaluate import eval_set
+
+    if engine == "mha":
+        resolve(run_dir, which)
+    return eval_set(run_dir, split, src_file, ref_file)
+
+
+def _report(as_json: bool, result: dict, hyp_path: Path, result_path: Path, align) -> None:
     """`mha eval`'s answer: the JSON object, or the scores, their signatures and the files."""
-    if as_json is not None:
-        typer.echo(as_json)
+    if as_json:
+        typer.echo(json.dumps(result))
         return
     typer.echo(f"{result['bleu_text']}\n  {result['signature']['bleu']}")
     typer.echo(f"{result['bleu_lc_text']} (lowercased)\n  {result['signature']['bleu_lc']}")
     typer.echo(f"{result['chrf_text']}\n  {result['signature']['chrf']}")
-    typer.echo(f"{result['sentences']} sentences in {result['seconds']:.1f} s "
+    compiled = (f" after compiling for {result['compile_seconds']:.1f} s"
+                if result["compile_seconds"] else "")
+    typer.echo(f"{result['sentences']} sentences in {result['seconds']:.1f} s{compiled} "
                f"({result['sentences_per_second']} sentences/s); hypotheses in {hyp_path}, "
                f"scores in {result_path}"
                + (f", word links in {hyp_path.with_suffix('.align')}" if align else ""))
 
 
-def _decoding(beam: int, engine: str, members: list[dict] | None) -> str:
-    """The result files' name for a decoding: greedy, beam5.ctranslate2, greedy.ensemble+b."""
+def _decoding(beam: int, engine: str, members: list[dict] | None,
+              quantization: str | None) -> str:
+    """The result files' name for a decoding: greedy, beam5.ctranslate2, greedy.ensemble+b,
+    greedy.int8."""
     from mha.inference.ensemble import ensemble_label
 
     return (("greedy" if beam == 1 else f"beam{beam}") + ("" if engine == "mha" else f".{engine}")
-            + (f".{ensemble_label(members)}" if members else ""))
+            + (f".{ensemble_label(members)}" if members else "")
+            + (".int8" if quantization == "int8" else ""))
 
 
 @command

@@ -43,6 +43,9 @@ Int = Annotated[int, Strict()]
 Real = Annotated[float, Strict(), BeforeValidator(_exponent_float)]
 Bool = Annotated[bool, Strict()]
 Text = Annotated[str, Strict(), BeforeValidator(_number_as_text)]
+Switch = Annotated[Literal["auto", "true", "false"],  # YAML's true and false, read as words
+                   BeforeValidator(lambda value: str(value).lower() if isinstance(value, bool)
+                                   else value)]
 Count = Annotated[Int, Field(ge=1)]
 Whole = Annotated[Int, Field(ge=0)]
 NonNegative = Annotated[Real, Field(ge=0)]
@@ -134,6 +137,7 @@ class DecodeConfig:
     max_len_a: NonNegative = 1.5
     max_len_b: Whole = 10
     batch_size: Count = 64
+    compile: Switch = "auto"  # greedy's compiled fast path (inference/fast_decode.py)
 
 
 @frozen
@@ -151,7 +155,8 @@ class Config:
 # A key added from now on goes here too, with the behaviour its absence meant.
 OLDER_MEANING = {"train.schedule": "inverse_sqrt", "train.ema_decay": 0.0,
                  "train.subword_sampling": 0.0, "train.subword_sampling_tgt": True,
-                 "model.attention_scale": True, "train.watch": 0, "data.byte_fallback": False}
+                 "model.attention_scale": True, "train.watch": 0, "data.byte_fallback": False,
+                 "decode.compile": "auto"}  # compiled greedy gives eager's outputs: old runs too
 
 
 def presets() -> list[str]:

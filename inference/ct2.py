@@ -44,6 +44,8 @@ class CTranslate2Engine:
     """An exported model with its tokenizer and decode settings (the run's mha.yaml): an Engine
     (inference/translate.py) like mha's own decoder."""
 
+    compile_seconds = 0.0  # nothing to compile
+
     def __init__(self, path: Path, *, device: str = "cpu", compute_type: str = "default",
                  threads: int | None = None) -> None:
         """Load RUN/ctranslate2 or an exported folder, on `threads` CPU threads (default: as many

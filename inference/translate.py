@@ -24,6 +24,7 @@ import torch
 from mha.configs.schema import DecodeConfig
 from mha.data.batching import collate
 from mha.data.tokenizer import Tokenizer
+from mha.inference.fast_decode import compiled_greedy, fast_path_allows
 from mha.inference.search import Search, Translation, encode_prefixes, split_prefixes
 from mha.model.decode import Hypothesis, beam_search, greedy, most_probable
 from mha.model.masks import padding_mask
@@ -41,6 +42,7 @@ class Engine(Protocol):
 
     tokenizer: Tokenizer
     max_tokens: int  # longest source, in ids with EOS
+    compile_seconds: float  # spent compiling (once, on the first batch that needed it)
 
     def decode(self, sources: list[list[int]], search: Search,
                prefixes: list[list[int]] | None = None) -> list[list[Hypothesis]]:
@@ -54,13 +56,17 @@ class Engine(Protocol):
 
 class MhaEngine:
     """mha's own decoder: greedy (with or without the KV cache), sampling or beam search (whose
-    live prefixes and scores `on_step` sees at each step, as in model/decode.py)."""
+    live prefixes and scores `on_step` sees at each step, as in model/decode.py). With
+    `compile`, plain greedy runs compiled (inference/fast_decode.py), compiled on its first
+    batch; `compile_seconds` then says how long that took."""
 
     def __init__(self, model: Transformer, tokenizer: Tokenizer, decode_cfg: DecodeConfig, *,
-                 use_cache: bool = True, on_step: Callable | None = None) -> None:
+                 use_cache: bool = True, on_step: Callable | None = None,
+                 compile: bool = False) -> None:
         self.model, self.tokenizer, self.decode_cfg = model, tokenizer, decode_cfg
         self.use_cache, self.on_step, self.max_tokens = use_cache, on_step, model.cfg.max_tokens
         self.sampler: Sampler | None = None  # seeded once, on the first batch that samples
+        self.compile, self.fast, self.compile_seconds = compile, None, 0.0
 
     def decode(self, sources: list[list[int]], search: Search,
                prefixes: list[list[int]] | None = None) -> list[list[Hypothesis]]:
@@ -74,9 +80,23 @@ class MhaEngine:
         if search.beam > 1:
             return beam_search(model, src_ids, beam=search.beam, nbest=search.nbest,
                                on_step=self.on_step, **options)
+        if self._fast(search, forced) is not None:
+            del options["prefixes"]
+            return [[hypothesis] for hypothesis in self.fast(src_ids, **options)]
         return [[hypothesis] for hypothesis in greedy(
             model, src_ids, use_cache=self.use_cache, choose=self._choice(search, device),
             **options)]
+
+    def _fast(self, search: Search, forced: torch.Tensor | None):
+        """The compiled greedy decoder (compiled now if not yet), or None where this batch's
+        search, prefixes or model need the eager path."""
+        if not (self.compile and self.use_cache and search.sampling is None and forced is None
+                and fast_path_allows(self.model)):
+            return None
+        if self.fast is None:
+            self.fast, self.compile_seconds = compiled_greedy(self.model, bos=Tokenizer.BOS,
+                                                              eos=Tokenizer.EOS)
+        return self.fast
 
     def _choice(self, search: Search, device: torch.device) -> Callable:
         if search.sampling is None:

@@ -45,7 +45,8 @@ def length_limits(src_pad_mask: Tensor, a: float, b: int, max_tokens: int,
 
 def force_prefix(log_probs: Tensor, prefixes: Tensor | None, step: int) -> Tensor:
     """Rows whose prefix has a token at `step` must take it, at no cost to their score.
-    log_probs (b, V); prefixes (b, P), -1 past each row's prefix; None: nothing forced."""
+    log_probs (b, V) (or logits: a forced row becomes 0 at its token, -inf elsewhere, whose
+    log_softmax is itself); prefixes (b, P), -1 past each row's prefix; None: nothing forced."""
     if prefixes is None or step >= prefixes.shape[1]:
         return log_probs
     forced = prefixes[:, step]  # (b,)
@@ -55,9 +56,16 @@ def force_prefix(log_probs: Tensor, prefixes: Tensor | None, step: int) -> Tenso
     return log_probs
 
 
-def most_probable(log_probs: Tensor) -> Tensor:
-    """Greedy's choice: log_probs (b, V) -> token ids (b,)."""
-    return log_probs.argmax(dim=-1)
+def most_probable(logits: Tensor) -> Tensor:
+    """Greedy's choice: logits (or log-probabilities) (b, V) -> token ids (b,)."""
+    return logits.argmax(dim=-1)
+
+
+def chosen_log_probs(logits: Tensor, chosen: Tensor) -> Tensor:
+    """log softmax(logits) at the chosen tokens only: logits (b, V), chosen (b,) -> (b,).
+    A log_softmax over the whole vocabulary would write b * V values to read b of them. A row
+    `force_prefix` forced (0 at its token, -inf elsewhere) gets 0."""
+    return logits.gather(1, chosen[:, None]).squeeze(1) - logits.logsumexp(dim=-1)
 
 
 @torch.no_grad()
@@ -66,8 +74,8 @@ def greedy(
     max_len_b: int = 10, use_cache: bool = True, length_penalty: float = 1.0,
     prefixes: Tensor | None = None, choose: Callable[[Tensor], Tensor] = most_probable,
 ) -> list[Hypothesis]:
-    """One token per step, `choose`n from its log-probabilities (default: the most probable;
-    a Sampler draws one). src_ids (B, S) -> B hypotheses.
+    """One token per step, `choose`n from its logits (default: the most probable; a Sampler
+    draws one), its log-probability taken for that token alone. src_ids (B, S) -> B hypotheses.
 
     A sentence leaves the batch (and the cache) as soon as it ends, so later steps only work on
     the rows still decoding. Without the cache every step recomputes the whole prefix: same
@@ -84,10 +92,9 @@ def greedy(
     cache = model.new_cache() if use_cache else None
     for step in range(int(limits.max())):
         hidden = model.decode(tgt[:, -1:] if use_cache else tgt, memory, src_pad_mask, cache)
-        log_probs = model.logits(hidden[:, -1]).float().log_softmax(dim=-1)  # (b, V)
-        log_probs = force_prefix(log_probs, prefixes, step)
-        next_ids = choose(log_probs)  # (b,) for the b live rows
-        log_prob += log_probs.gather(1, next_ids[:, None]).squeeze(1)
+        logits = force_prefix(model.logits(hidden[:, -1]).float(), prefixes, step)  # (b, V)
+        next_ids = choose(logits)  # (b,) for the b live rows
+        log_prob += chosen_log_probs(logits, next_ids)
         tgt = torch.cat([tgt, next_ids[:, None]], dim=1)  # (b, step + 2)
         done = next_ids.eq(eos) | (limits <= step + 1)  # (b,)
         if not done.any():

@@ -36,7 +36,8 @@ class Sampler:
         self.generator = torch.Generator(device=device).manual_seed(sampling.seed)
 
     def __call__(self, log_probs: Tensor) -> Tensor:
-        """log_probs (b, V) -> token ids (b,)."""
+        """log_probs (b, V), or logits (the same softmax: they differ by a constant per row)
+        -> token ids (b,)."""
         s = self.sampling
         logits = log_probs / s.temperature  # (b, V)
         if s.top_k is not None and s.top_k < logits.shape[-1]:

@@ -1,0 +1,195 @@
+"""Greedy decoding for speed: a static KV cache and one decoder step that `torch.compile` can
+turn into a few fused kernels. model/decode.py's `greedy` is the readable reference; this file
+gives the same hypotheses (tests/test_fast_decode.py) and is switched on by the code that wants
+it (inference/fast_decode.py decides when compiling pays).
+
+What differs from `greedy`:
+- The self-attention cache is preallocated, (B, H, T, Dk) per layer for T = the batch's longest
+  output, and each step writes its K and V in place at position `pos` (a tensor, so one compiled
+  step serves every position); attention reads all T slots, the ones not yet written masked.
+- Encoder-decoder attention's K and V come from one matmul of the memory by every layer's W_K
+  and W_V stacked, once per batch.
+- The step ends at the chosen token: argmax of the logits, and its log-probability as its logit
+  minus their logsumexp, never a log_softmax over the whole vocabulary.
+- Finished rows stay in the batch, masked (they feed padding and add nothing), until a quarter or
+  more of the batch has finished: then the cache keeps only the live rows.
+
+Legend: B batch, S source length, T output length (the cache's), D d_model, H heads,
+Dk = D // H, L decoder layers, V vocabulary.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, fields
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from mha.model.decode import Hypothesis, _strip, chosen_log_probs, length_limits
+from mha.model.masks import padding_mask
+from mha.model.transformer import Transformer
+
+
+@dataclass
+class StaticState:
+    """Everything a step reads and writes, one row per sentence still in the batch."""
+
+    self_k: list[Tensor]  # per layer (B, H, T, Dk), written at `pos` each step: one tensor
+    self_v: list[Tensor]  # each, as a slice of a bigger one would be copied whole
+    cross_kv: Tensor  # (L, 2, B, H, S, Dk): the memory's K and V, projected once
+    src_keep: Tensor  # (B, 1, 1, S) True at real source tokens
+    tokens: Tensor  # (B,) the last chosen token (BOS at first)
+    log_prob: Tensor  # (B,) summed log-probability of the chosen tokens
+    length: Tensor  # (B,) tokens chosen so far, EOS included
+    done: Tensor  # (B,) bool: ended (EOS or its length limit)
+    limits: Tensor  # (B,) most tokens
+    out: Tensor  # (B, T) the chosen tokens
+    rows: Tensor  # (B,) each row's sentence in the input batch
+
+    def select(self, index: Tensor) -> StaticState:
+        """Keep rows `index`."""
+        def keep(name: str, value: Tensor | list[Tensor]) -> Tensor | list[Tensor]:
+            if isinstance(value, list):
+                return [t[index] for t in value]
+            return value[:, :, index] if name == "cross_kv" else value[index]
+
+        return StaticState(*(keep(f.name, getattr(self, f.name)) for f in fields(self)))
+
+
+class StaticGreedy:
+    """Greedy decoding of `model` (in eval mode) with a static KV cache; `compile` wraps the
+    step (and the encoder) as it likes, e.g. torch.compile; identity: eager."""
+
+    def __init__(self, model: Transformer,
+                 compile: Callable[[Callable], Callable] = lambda f: f) -> None:
+        self.model = model
+        layers = model.decoder
+        with torch.no_grad():
+            self.qkv_weight = [torch.cat([layer.self_attn.w_q.weight, layer.self_attn.w_k.weight,
+                                          layer.self_attn.w_v.weight]) for layer in layers]
+            self.qkv_bias = [torch.cat([layer.self_attn.w_q.bias, layer.self_attn.w_k.bias,
+                                        layer.self_attn.w_v.bias]) for layer in layers]
+            self.kv_weight = torch.cat([torch.cat([layer.cross_attn.w_k.weight,
+                                                   layer.cross_attn.w_v.weight])
+                                        for layer in layers])  # (L * 2D, D)
+            self.kv_bias = torch.cat([torch.cat([layer.cross_attn.w_k.bias,
+                                                 layer.cross_attn.w_v.bias]) for layer in layers])
+            self.positions = model.positions(model.cfg.max_positions, 0)  # (P, D)
+        self.step = compile(self._step)
+        self.encode = compile(self._encode)
+        self.steps = 0  # decoder steps run, for benchmarks
+
+    def _encode(self, src_ids: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """src_ids (B, S) -> memory's K and V for every layer, (L, 2, B, H, S, Dk) as one
+        tensor, and src_keep (B, 1, 1, S)."""
+        model = self.model
+        src_pad_mask = padding_mask(src_ids, model.pad_id)  # (B, S)
+        memory = model.encode(src_ids, src_pad_mask)  # (B, S, D)
+        B, S, _ = memory.shape
+        attention = model.decoder[0].cross_attn
+        H, Dk = attention.num_heads, attention.d_k
+        kv = F.linear(memory, self.kv_weight, self.kv_bias)  # (B, S, L * 2D)
+        kv = kv.view(B, S, len(model.decoder), 2, H, Dk).permute(2, 3, 0, 4, 1, 5)
+        return kv.contiguous(), ~src_pad_mask[:, None, None, :], src_pad_mask  # (L, 2, B, H, S, Dk)
+
+    def _step(self, state: StaticState, pos: Tensor, eos: int) -> None:
+        """One token for every row: pos (1,) the position written; updates `state` in place."""
+        model = self.model
+        x = model.tgt_embed(state.tokens) * model.scale + self.positions[pos]  # (B, D)
+        x = x[:, None]  # (B, 1, D)
+        T = state.out.shape[1]
+        seen = (torch.arange(T, device=pos.device) <= pos)[None, None, None]  # (1, 1, 1, T)
+        for i, layer in enumerate(model.decoder):
+            x = layer.self_block(x, lambda h, i=i: self._self_attention(i, h, state, pos, seen))
+            x = layer.cross_block(x, lambda h, i=i: self._cross_attention(i, h, state))
+            x = layer.ff_block(x, layer.feed_forward)
+        logits = model.logits(model.decoder_norm(x[:, 0])).float()  # (B, V)
+        chosen = logits.argmax(dim=-1)  # (B,)
+        live = ~state.done
+        state.log_prob.add_(torch.where(live, chosen_log_probs(logits, chosen), 0.0))
+        state.length.add_(live.long())
+        state.tokens.copy_(torch.where(live, chosen, model.pad_id))
+        state.out.index_copy_(1, pos, state.tokens[:, None])
+        state.done.copy_(state.done | chosen.eq(eos) | (state.limits <= pos + 1))
+
+    def _self_attention(self, i: int, h: Tensor, state: StaticState, pos: Tensor,
+                        seen: Tensor) -> Tensor:
+        attention = self.model.decoder[i].self_attn
+        B, H, Dk = h.shape[0], attention.num_heads, attention.d_k
+        qkv = F.linear(h, self.qkv_weight[i], self.qkv_bias[i])  # (B, 1, 3D)
+        q, k, v = qkv.view(B, 1, 3, H, Dk).permute(2, 0, 3, 1, 4)  # (B, H, 1, Dk) each
+        state.self_k[i].index_copy_(2, pos, k)  # (B, H, T, Dk)
+        state.self_v[i].index_copy_(2, pos, v)
+        return self._attend(attention, q, state.self_k[i], state.self_v[i], seen)
+
+    def _cross_attention(self, i: int, h: Tensor, state: StaticState) -> Tensor:
+        attention = self.model.decoder[i].cross_attn
+        B, H, Dk = h.shape[0], attention.num_heads, attention.d_k
+        q = attention.w_q(h).view(B, 1, H, Dk).transpose(1, 2)  # (B, H, 1, Dk)
+        return self._attend(attention, q, state.cross_kv[i, 0], state.cross_kv[i, 1],
+                            state.src_keep)
+
+    def _attend(self, attention, q: Tensor, k: Tensor, v: Tensor, keep: Tensor) -> Tensor:
+        """softmax(q k^T * scale) v over the keys `keep` allows, heads merged, then W_O:
+        q (B, H, 1, Dk), k and v (B, H, Tk, Dk) -> (B, 1, D)."""
+        scores = (q @ k.transpose(-2, -1)) * attention.scale  # (B, H, 1, Tk)
+        weights = scores.masked_fill(~keep, float("-inf")).softmax(dim=-1)
+        context = weights @ v  # (B, H, 1, Dk)
+        B, H, _, Dk = context.shape
+        return attention.w_o(context.transpose(1, 2).reshape(B, 1, H * Dk))  # (B, 1, D)
+
+    @torch.inference_mode()
+    def __call__(self, src_ids: Tensor, *, bos: int, eos: int, max_len_a: float = 1.5,
+                 max_len_b: int = 10, length_penalty: float = 1.0) -> list[Hypothesis]:
+        """src_ids (B, S) -> B hypotheses, as model/decode.py's `greedy` gives them.
+
+        A batch of one sentence or a source of one token is padded to two (a copy of the row, a
+        column of padding), and the cache holds at least two steps: torch.compile would give
+        sizes of 1 graphs of their own."""
+        model, wanted = self.model, src_ids.shape[0]
+        if src_ids.shape[1] == 1:
+            src_ids = F.pad(src_ids, (0, 1), value=model.pad_id)  # (B, 2)
+        # (B >= 2, S >= 2), made here under inference_mode whatever came in: a tensor made
+        # outside it has other dispatch keys, which would compile a graph of their own
+        src_ids = src_ids.repeat(2 if wanted == 1 else 1, 1)
+        B = src_ids.shape[0]
+        kv, src_keep, src_pad_mask = self.encode(src_ids)
+        limits = length_limits(src_pad_mask, max_len_a, max_len_b, model.cfg.max_tokens)
+        T = max(int(limits.max()), 2)
+        L, _, _, H, _, Dk = kv.shape
+        device = src_ids.device
+        state = StaticState(
+            self_k=[torch.zeros(B, H, T, Dk, device=device, dtype=kv.dtype) for _ in range(L)],
+            self_v=[torch.zeros(B, H, T, Dk, device=device, dtype=kv.dtype) for _ in range(L)],
+            cross_kv=kv, src_keep=src_keep,
+            tokens=torch.full((B,), bos, device=device), log_prob=torch.zeros(B, device=device),
+            length=torch.zeros(B, dtype=torch.long, device=device),
+            done=torch.zeros(B, dtype=torch.bool, device=device), limits=limits,
+            out=torch.full((B, T), model.pad_id, device=device),
+            rows=torch.arange(B, device=device))
+        outputs: list[Hypothesis] = [Hypothesis(0.0, 0.0, [])] * B
+        for step in range(int(limits.max())):
+            self.step(state, torch.tensor([step], device=device), eos)
+            self.steps += 1
+            finished = int(state.done.sum())
+            if finished == 0:
+                continue
+            if finished < len(state.done) and (4 * finished < len(state.done)
+                                                or len(state.done) - finished < 2):
+                continue  # compacting costs copies, and a batch of 1 a compilation of its own
+            self._finish(state, state.done, outputs, eos, length_penalty)
+            live = (~state.done).nonzero().squeeze(1)
+            if live.numel() == 0:
+                break
+            state = state.select(live)
+        return outputs[:wanted]
+
+    def _finish(self, state: StaticState, done: Tensor, outputs: list[Hypothesis], eos: int,
+                length_penalty: float) -> None:
+        for row, ids, total, length in zip(state.rows[done].tolist(), state.out[done].tolist(),
+                                           state.log_prob[done].tolist(),
+                                           state.length[done].tolist()):
+            outputs[row] = Hypothesis(total / length ** length_penalty, total,
+                                      _strip(ids, eos, self.model.pad_id))
