@@ -44,6 +44,7 @@ Real = Annotated[float, Strict(), BeforeValidator(_exponent_float)]
 Bool = Annotated[bool, Strict()]
 Text = Annotated[str, Strict(), BeforeValidator(_number_as_text)]
 Count = Annotated[Int, Field(ge=1)]
+Switch = Annotated[Literal["auto", True, False], BeforeValidator(_number_as_text)]  # no 1 for true
 Whole = Annotated[Int, Field(ge=0)]
 NonNegative = Annotated[Real, Field(ge=0)]
 Fraction = Annotated[Real, Field(ge=0, lt=1)]
@@ -116,6 +117,7 @@ class TrainConfig:
     subword_sampling: Fraction = 0.0
     subword_sampling_tgt: Bool = True
     precision: Literal["fp32", "bf16", "fp16", "auto"] = "auto"
+    compile: Switch = "auto"  # the compiled training step (training/compiled.py)
     seed: Annotated[Int, Field(ge=0, le=2**32 - 1)] = 1  # batches seed * 100_003 + epoch
     eval_every: Count = 250
     log_every: Count = 50
@@ -151,7 +153,8 @@ class Config:
 # A key added from now on goes here too, with the behaviour its absence meant.
 OLDER_MEANING = {"train.schedule": "inverse_sqrt", "train.ema_decay": 0.0,
                  "train.subword_sampling": 0.0, "train.subword_sampling_tgt": True,
-                 "model.attention_scale": True, "train.watch": 0, "data.byte_fallback": False}
+                 "model.attention_scale": True, "train.watch": 0, "data.byte_fallback": False,
+                 "train.compile": False}
 
 
 def presets() -> list[str]:
