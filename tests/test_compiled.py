@@ -109,6 +109,7 @@ def test_auto_compiles_long_single_process_runs_only(monkeypatch) -> None:
     assert not compile_decision(load_config("tiny").train, 1)[0]  # 60 steps, no max_time
     assert compile_decision(settings(max_time=None, max_steps=5000), 1)[0]
     assert not compile_decision(settings(), 2)[0]  # torchrun: eager
+    assert not compile_decision(settings(), 1, "fp32")[0]  # measured no faster in fp32
     assert compile_decision(settings(compile=False, max_time="2h"), 1) == (False, "false")
     with pytest.raises(ConfigError, match="not supported under torchrun"):
         compile_decision(settings(compile=True), 2)
