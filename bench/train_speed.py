@@ -3,8 +3,9 @@
 For each model size: training tokens/s (source + target, padding excluded), seconds per update,
 achieved GFLOP/s (the FLOPs that `mha info` counts, x3 for forward + backward) and MFU against the
 matmul peaks this script measures first, fp32 and bf16. Every (model, precision) pair trains its
-own copy of the same initial weights, and all of them take turns batch by batch. Prints a
-markdown table.
+own copy of the same initial weights, and all of them take turns batch by batch. "mha compiled"
+is mha's compiled training step (training/compiled.py, train.compile): its first update, which
+compiles, is reported on a line of its own. Prints a markdown table.
 
     python bench/train_speed.py [--steps 8] [--precision fp32 bf16] [--joeynmt PYTHON]
 
@@ -30,6 +31,7 @@ from mha.data.batching import TokenBatches, collate
 from mha.data.prepare import prepare
 from mha.model import Transformer
 from mha.model.info import training_flops
+from mha.training.compiled import CompiledLoss
 from mha.training.loss import summed_loss
 
 SIZES = {  # name -> config overrides
@@ -75,19 +77,23 @@ class TorchTransformer(nn.Module):
 
 
 def train_step(model: nn.Module, optimizer, batch, precision: str) -> float:
-    """Seconds for one update, with mha's training loss (summed over real target tokens)."""
+    """Seconds for one update, with mha's training loss (summed over real target tokens); a
+    CompiledLoss stands in for summed_loss where `model.compiled_loss` holds one."""
     start = time.perf_counter()
+    loss_of = getattr(model, "compiled_loss", None) or (
+        lambda *batch: summed_loss(model, *batch, label_smoothing=0.1))
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
-        loss = summed_loss(model, batch.src_ids, batch.tgt_in, batch.tgt_out, label_smoothing=0.1)
+        loss = loss_of(batch.src_ids, batch.tgt_in, batch.tgt_out)
     (loss / batch.tgt_tokens).backward()
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     return time.perf_counter() - start
 
 
-def time_side_by_side(models: dict[tuple[str, str], nn.Module], batches: list) -> dict:
+def time_side_by_side(models: dict[tuple[str, str], nn.Module], batches: list,
+                      first: dict | None = None) -> dict:
     """Seconds per update of each (model, precision), median over the batches after two warm-up
-    updates.
+    updates; `first` receives each one's first update (a compiled step's compile).
 
     The models take turns batch by batch, in alternating order, so a slow spell of this noisy
     machine slows them alike; the ratio of their medians is what the table's verdict quotes.
@@ -99,6 +105,8 @@ def time_side_by_side(models: dict[tuple[str, str], nn.Module], batches: list) -
         for key in (list(models) if i % 2 else list(reversed(models))):
             models[key].train()
             seconds = train_step(models[key], optimizers[key], batch, key[1])
+            if i == 0 and first is not None:
+                first[key] = seconds
             if i >= 2:
                 times[key].append(seconds)
     return {key: sorted(t)[len(t) // 2] for key, t in times.items()}
@@ -119,7 +127,7 @@ def main() -> None:
     print("| model | implementation | precision | s/update | src+tgt tokens/s | GFLOP/s | "
           "MFU (fp32 peak) | MFU (bf16 peak) | padding |")
     print("|---|---|---|---|---|---|---|---|---|")
-    ratios = []
+    ratios, compiles = [], []
     with tempfile.TemporaryDirectory() as tmp:
         for name, overrides in SIZES.items():
             cfg = load_config("multi30k_de_en", [*overrides, f"run_dir={tmp}/{len(overrides)}",
@@ -142,12 +150,17 @@ def main() -> None:
             same = (src_tokens + tgt_tokens, flops, 1 - (src_tokens + tgt_tokens) / padded)
             models = {}  # every (implementation, precision) from the same initial weights
             for precision in args.precision:
-                for label, kind in (("mha", Transformer),
+                for label, kind in (("mha", Transformer), ("mha compiled", Transformer),
                                     ("torch.nn.Transformer", TorchTransformer)):
                     torch.manual_seed(0)
                     models[label, precision] = kind(cfg.model, vocab, vocab)
-            for key, seconds in time_side_by_side(models, batches).items():
+                compiled = models["mha compiled", precision]
+                compiled.compiled_loss = CompiledLoss(compiled, label_smoothing=0.1)
+            first = {}
+            for key, seconds in time_side_by_side(models, batches, first).items():
                 timings[key] = (seconds, *same)
+            compiles.append((name, {key: (first[key], timings[key][0]) for key in first
+                                    if key[0] == "mha compiled"}))
             if args.joeynmt:
                 own = joeynmt_timings(args.joeynmt, cfg, vocab, batches, train, args.steps,
                                       Path(tmp))
@@ -166,16 +179,23 @@ def main() -> None:
                       f"{padding:.1%} |", flush=True)
             ratios.append((name, timings))
     print()
+    for name, firsts in compiles:
+        for (label, precision), (first, steady) in firsts.items():
+            print(f"{name}: {label} {precision}: first update {first:.1f} s (compiling forward "
+                  f"and backward) against {steady:.3f} s an update after it")
     for name, timings in ratios:
+        for precision in args.precision:
+            gain = timings["mha", precision][0] / timings["mha compiled", precision][0]
+            print(f"{name}: mha compiled's {precision} update is {gain:.2f}x as fast as mha's")
         if "bf16" in args.precision and "fp32" in args.precision:
-            for label in ("mha", "torch.nn.Transformer"):
+            for label in ("mha", "mha compiled", "torch.nn.Transformer"):
                 gain = timings[label, "fp32"][0] / timings[label, "bf16"][0]
                 print(f"{name}: {label}'s bf16 update is {gain:.2f}x as fast as its fp32 update")
         if "fp32" not in args.precision:
             continue
         seconds, tokens, *_ = timings["mha", "fp32"]
         for (label, precision), (other, other_tokens, *_) in timings.items():
-            if label != "mha" and precision == "fp32":
+            if label not in ("mha", "mha compiled") and precision == "fp32":
                 print(f"{name}: mha trains {tokens / seconds / (other_tokens / other):.2f}x the "
                       f"tokens/s of {label} (fp32, mha on its own batches)")
 

@@ -98,7 +98,8 @@ def _sentence(error: ErrorDetails) -> str:
         return f"{key or 'config'}: expected a mapping, got {got!r}"
     declared = _hint(loc)
     if kind == "literal_error":
-        return f"{key} must be one of {', '.join(typing.get_args(declared))}, got {got!r}"
+        allowed = [str(a).lower() if isinstance(a, bool) else a for a in typing.get_args(declared)]
+        return f"{key} must be one of {', '.join(allowed)}, got {got!r}"
     if key in RANGES and not kind.endswith("_type"):  # out of range, or not finite
         finite = "a finite number " if kind == "finite_number" else ""
         shown = float(got) if declared is float else got

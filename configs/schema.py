@@ -119,6 +119,7 @@ class TrainConfig:
     subword_sampling: Fraction = 0.0
     subword_sampling_tgt: Bool = True
     precision: Literal["fp32", "bf16", "fp16", "auto"] = "auto"
+    compile: Switch = "auto"  # the compiled training step (training/compiled.py)
     seed: Annotated[Int, Field(ge=0, le=2**32 - 1)] = 1  # batches seed * 100_003 + epoch
     eval_every: Count = 250
     log_every: Count = 50
@@ -156,7 +157,8 @@ class Config:
 OLDER_MEANING = {"train.schedule": "inverse_sqrt", "train.ema_decay": 0.0,
                  "train.subword_sampling": 0.0, "train.subword_sampling_tgt": True,
                  "model.attention_scale": True, "train.watch": 0, "data.byte_fallback": False,
-                 "decode.compile": "auto"}  # compiled greedy gives eager's outputs: old runs too
+                 "decode.compile": "auto",  # compiled greedy gives eager's outputs: old runs too
+                 "train.compile": "false"}
 
 
 def presets() -> list[str]:

@@ -90,7 +90,10 @@ class MultiHeadAttention(nn.Module):
             context = F.dropout(weights, dropout, self.training) @ v  # (B, H, Tq, Dk)
         else:  # the same maths in one kernel; tests/test_attention.py proves they agree
             weights = None
-            causal_only = blocked is not None and key_padding_mask is None and Tq == Tk
+            # a square causal mask: the kernel's own (known without comparing lengths, which
+            # torch.compile's dynamic shapes could not decide)
+            causal_only = (blocked is not None and key_padding_mask is None and query is key
+                           and cache is None)
             context = kernel_attention(q, k, v, blocked, causal_only, dropout, self.scale)
         if self.head_mask is not None:
             context = context * self.head_mask.view(1, self.num_heads, 1, 1)  # (B, H, Tq, Dk)

@@ -23,7 +23,12 @@ def dropout(x: Tensor, p: float, training: bool = True) -> Tensor:
     dropped = round(p * LEVELS)  # of the LEVELS values, this many drop an element
     if x.device.type != "cpu" or dropped >= LEVELS:  # p within 2^-17 of 1 or above: F.dropout
         return F.dropout(x, p, training)
-    draws = torch.empty((x.numel() + 3) // 4, dtype=torch.int64).random_(-(1 << 63), None)
+    n = (x.numel() + 3) // 4
+    if torch.compiler.is_compiling():  # random_ does not trace: randint makes the same draw
+        # with its top bit flipped, and the xor flips it back (training/compiled.py)
+        draws = torch.randint(-(1 << 63), (1 << 63) - 1, (n,)) ^ (-(1 << 63))
+    else:
+        draws = torch.empty(n, dtype=torch.int64).random_(-(1 << 63), None)
     bits = draws.view(torch.int16)[:x.numel()].view_as(x)  # uniform in [-2^15, 2^15)
     keep = bits >= dropped - LEVELS // 2
     return x * keep * (LEVELS / (LEVELS - dropped))

@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 from mha.cli.app import app
 from mha.configs.schema import load_config
 from mha.inference import checkpoint
-from mha.training import loop as train_module
+from mha.training import compiled as compiled_module
 from mha.training.loop import TrainingError, train
 from mha.training.monitor import read_metrics
 from mha.training.schedule import inverse_sqrt
@@ -71,7 +71,7 @@ def test_max_time_stops_cleanly(tmp_path, small_corpus):
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, small_corpus, monkeypatch):
     run = tmp_path / "run"
     cfg = tiny(run, small_corpus, "train.max_steps=20", "train.eval_every=4")
-    real = train_module.summed_loss
+    real = compiled_module.summed_loss  # the eager loss that training_loss hands the loop
     calls = {"n": 0}
 
     def poisoned(*args, **kwargs):  # training's 7th batch onwards: NaN
@@ -80,7 +80,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, small_corpu
         return loss * float("nan") if calls["n"] > 6 else loss
 
     last = run / "checkpoints" / "last.pt"
-    monkeypatch.setattr(train_module, "summed_loss", poisoned)
+    monkeypatch.setattr(compiled_module, "summed_loss", poisoned)
     with pytest.raises(TrainingError, match=r"loss became nan at step \d+"):
         train(cfg)
     kept = torch.load(last, weights_only=True)
@@ -92,7 +92,7 @@ def test_inf_gradient_stops_before_the_weights_and_keeps_the_last_good_checkpoin
         tmp_path, small_corpus, monkeypatch):
     run = tmp_path / "run"
     cfg = tiny(run, small_corpus, "train.max_steps=20", "train.eval_every=4")
-    real = train_module.summed_loss
+    real = compiled_module.summed_loss  # the eager loss that training_loss hands the loop
     calls = {"n": 0}
 
     def exploding(*args, **kwargs):  # the 8th update (a validation step): finite loss, inf grads
@@ -102,7 +102,7 @@ def test_inf_gradient_stops_before_the_weights_and_keeps_the_last_good_checkpoin
             loss.register_hook(lambda grad: grad * float("inf"))
         return loss
 
-    monkeypatch.setattr(train_module, "summed_loss", exploding)
+    monkeypatch.setattr(compiled_module, "summed_loss", exploding)
     with pytest.raises(TrainingError, match=r"the gradient norm became (inf|nan) at step 8; "):
         train(cfg)
     kept = checkpoint.load(run / "checkpoints" / "last.pt")

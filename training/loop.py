@@ -23,11 +23,12 @@ from mha.inference import checkpoint
 from mha.inference.provenance import corpus_record, record_run
 from mha.inference.run import pick_device
 from mha.model.transformer import Transformer
+from mha.training.compiled import compile_decision, training_loss
 from mha.training.distributed import Distributed
 from mha.training.ema import EMA
 from mha.training.init_from import Source, load_source, load_weights
 from mha.training.keeping import Keeper, averaged_snapshots
-from mha.training.loss import RealTokenLogits, summed_loss
+from mha.training.loss import RealTokenLogits
 from mha.training.monitor import Monitor
 from mha.training.optimizer import Optimizer
 from mha.training.precision import check_precision, decide_precision
@@ -78,6 +79,7 @@ class Trainer:
                  source: Source | None = None) -> None:
         self.cfg, self.settings, self.dist = cfg, cfg.train, dist
         self.device = self._setup_device()
+        compile_decision(cfg.train, dist.world_size)  # a refusal comes before any write
         self.keeper = Keeper(Path(cfg.run_dir), self.settings.average_last, self._state)
         saved = saved_state(self.keeper.last, cfg, resume)  # refusals come before any write
         if dist.is_main:  # before anything writes
@@ -95,6 +97,9 @@ class Trainer:
         self.autocast = decide_precision(self.settings, self.progress, self.model, self.train_set,
                                          self.batches, self.device, dist)
         self.ddp_model = dist.wrap(RealTokenLogits(self.model))  # DDP runs the whole forward
+        self.compiled, self.compile_why = compile_decision(cfg.train, dist.world_size,
+                                                           self.progress.precision)
+        self.loss = training_loss(self.ddp_model, self.model, self.settings, self.compiled)
         budget = self.settings.max_time
         self.max_time, self.monitor = parse_duration(budget) if budget else math.inf, None
         if dist.is_main:  # the run's records, once its precision is settled
@@ -155,10 +160,10 @@ class Trainer:
     def run(self) -> Trained:
         """Update until a budget, patience or a signal says stop; then validate and save."""
         if self.dist.is_main:
-            log.info("%d process(es) on %s; %d parameters; %d training pairs, %d batches an epoch",
-                     self.dist.world_size, self.device,
+            log.info("%d process(es) on %s; %d parameters; %d training pairs, %d batches an epoch"
+                     "; train.compile %s", self.dist.world_size, self.device,
                      sum(p.numel() for p in self.model.parameters()), len(self.train_set),
-                     len(self.batches.epoch(self.progress.epoch)))
+                     len(self.batches.epoch(self.progress.epoch)), self.compile_why)
         self.clock, stop = time.perf_counter(), StopSignal()
         with stop:
             reason = self._train(stop)
@@ -200,8 +205,7 @@ class Trainer:
             last_micro = micro == settings.accumulate - 1
             with contextlib.nullcontext() if last_micro else self.dist.no_sync(self.ddp_model):
                 with self.autocast:
-                    loss = summed_loss(self.ddp_model, src_ids, tgt_in, tgt_out,
-                                       settings.label_smoothing)
+                    loss = self.loss(src_ids, tgt_in, tgt_out)
                 self.optim.backward(loss)
             sums[0] += loss.detach()
             sums[1:4] += torch.tensor([batch.tgt_tokens, batch.src_tokens, batch.slots],
