@@ -1,13 +1,15 @@
 """`mha serve` under load, on loopback only, against offline decoding of the same model.
 
-Offline first, in this process: `translate_lines` over the test sentences (the run's test split,
-test_2016_flickr for the Multi30k presets, or --src-file) in batches of the run's
-decode.batch_size, and batch-1 latency (each sentence alone) over the first --latency-count.
-Then `mha serve RUN` in a subprocess on 127.0.0.1 (a free port) with the same torch threads, and
-one asyncio load client on one thread (this process), whose connections each send single
-sentences, one at a time, keep-alive: 1, 8 and 32 concurrent clients, each phase bounded by
---seconds and --requests. Every answer is checked against the offline translation. The client's
-CPU share (its process time over the phase's wall time) is reported: it shares the cores.
+Offline, in this process: `translate_lines` over the test sentences (the run's test split or
+--src-file) in batches of the run's decode.batch_size, measured before the first served phase and
+after each (each phase is set against the mean of the runs around it: others' load drifts);
+unsorted batches of the most clients (the best that many one-sentence clients can give); batch-1
+latency over the first --latency-count, before and after the 1-client phase. Served: `mha serve
+RUN` on 127.0.0.1 (a free port), the same torch threads, and one asyncio load client on one
+thread (this process) whose connections each send single sentences (greedy, as offline), one at
+a time, keep-alive: 1, 8 and 32 clients, each phase bounded by --seconds and --requests. Every
+answer is checked against the offline translation; the client's CPU share is reported (it shares
+the cores), and per phase the sentences a batch and the model thread's busy share (/stats).
 
 Last, bad input under load: 32 clients, --bad-share of the requests malformed (broken JSON, a
 number for text) or oversize (too many sentences, too long a sentence, a Content-Length over
@@ -48,6 +50,10 @@ class Phase:
     wall: float = 0.0
     cpu: float = 0.0  # this process's CPU seconds during the phase
     rss: list[int] = field(default_factory=list)  # server RSS samples, KiB
+    offline: float = 0.0  # offline batched sentences/s, the mean of the runs before and after
+    batches: int = 0  # the server's decoding calls during the phase
+    sentences: int = 0  # and their sentences
+    busy: float = 0.0  # seconds the server's model thread spent decoding
 
 
 class Connection:
@@ -113,7 +119,7 @@ async def load(port: int, lines: list[str], expected: list[str], phase: Phase, s
                 continue
             i = n % len(lines)
             start = time.perf_counter()
-            status = await connection.post(json.dumps({"text": [lines[i]]}).encode())
+            status = await connection.post(json.dumps({"text": [lines[i]], "beam": 1}).encode())
             phase.server_errors += status >= 500
             ok = status == 200 and json.loads(connection.answer)[
                 "translations"][0]["text"] == expected[i]
@@ -135,23 +141,50 @@ def sample_rss(pid: int, phase: Phase, stop: threading.Event) -> None:
                                   if line.startswith("VmRSS")).split()[1]))
 
 
-def offline(run: Path, lines: list[str], latency_count: int) -> tuple[list[str], float, list]:
-    """Offline translations, sentences/s in batches, and batch-1 latencies (s)."""
-    from mha.inference.run import load_model
-    from mha.inference.translate import MhaEngine, translate_chunk, translate_lines
+class Offline:
+    """Offline decoding in this process, measured again around every served phase: the machine's
+    speed drifts when others share it, so each phase is set against the offline rate measured
+    just before and just after it."""
 
-    model, tokenizer, cfg = load_model(run, device="cpu")
-    engine = MhaEngine(model, tokenizer, cfg.decode)
-    translate_chunk(engine, lines[:8], batch_size=8, beam=1)  # warm-up
-    start = time.perf_counter()
-    translations = list(translate_lines(engine, lines, batch_size=cfg.decode.batch_size, beam=1))
-    rate = len(lines) / (time.perf_counter() - start)
-    latencies = []
-    for line in lines[:latency_count]:
+    def __init__(self, run: Path, lines: list[str]) -> None:
+        from mha.inference.run import load_model
+        from mha.inference.translate import MhaEngine, translate_chunk
+
+        model, tokenizer, cfg = load_model(run, device="cpu")
+        self.engine, self.lines, self.batch_size = (MhaEngine(model, tokenizer, cfg.decode),
+                                                    lines, cfg.decode.batch_size)
+        translate_chunk(self.engine, lines[:8], batch_size=8, beam=1)  # warm-up
+        self.rates: list[float] = []  # sentences/s, batched, in measuring order
+        self.latencies: list[float] = []  # seconds, batch 1
+
+    def batched(self) -> list[str]:
+        """Translations of every line by `translate_lines`; the rate joins self.rates."""
+        from mha.inference.translate import translate_lines
+
         start = time.perf_counter()
-        translate_chunk(engine, [line], batch_size=1, beam=1)
-        latencies.append(time.perf_counter() - start)
-    return translations, rate, latencies
+        translations = list(translate_lines(self.engine, self.lines, batch_size=self.batch_size,
+                                            beam=1))
+        self.rates.append(len(self.lines) / (time.perf_counter() - start))
+        return translations
+
+    def unsorted(self, size: int) -> float:
+        """Sentences/s in batches of `size` taken in input order, not sorted by length: the
+        most that `size` clients sending one sentence each can give the server to decode."""
+        from mha.inference.translate import translate_chunk
+
+        lines = random.Random(0).sample(self.lines, len(self.lines))
+        start = time.perf_counter()
+        for first in range(0, len(lines), size):
+            translate_chunk(self.engine, lines[first:first + size], batch_size=size, beam=1)
+        return len(lines) / (time.perf_counter() - start)
+
+    def batch_1(self, count: int) -> None:
+        from mha.inference.translate import translate_chunk
+
+        for line in self.lines[:count]:
+            start = time.perf_counter()
+            translate_chunk(self.engine, [line], batch_size=1, beam=1)
+            self.latencies.append(time.perf_counter() - start)
 
 
 def start_server(run: Path, threads: int, extra: list[str]) -> tuple[subprocess.Popen, int]:
@@ -197,7 +230,11 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     lines = (args.src_file.read_text(encoding="utf-8").splitlines() if args.src_file
              else list(load_prepared(args.run).splits["test"]["src"]))
-    expected, offline_rate, offline_latency = offline(args.run, lines, args.latency_count)
+    offline = Offline(args.run, lines)
+    expected = offline.batched()
+    offline.batch_1(args.latency_count)
+    most = max(int(n) for n in args.clients.split(","))
+    ceiling = (most, offline.unsorted(most))
     process, port = start_server(args.run, args.threads, args.serve_args.split())
     try:
         while not get(port, "/health")["warm"]:
@@ -205,36 +242,60 @@ def main() -> None:
         info = get(port, "/info")["limits"]
         phases = [Phase(int(n)) for n in args.clients.split(",")] + [Phase(32)]
         for phase in phases:
-            bad = args.bad_share if phase is phases[-1] else 0.0
-            stop = threading.Event()
-            sampler = threading.Thread(target=sample_rss, args=(process.pid, phase, stop))
-            sampler.start()
-            asyncio.run(load(port, lines, expected, phase, args.seconds, args.requests, bad, info))
-            stop.set()
-            sampler.join()
+            run_phase(phase, process.pid, port, lines, expected, args,
+                      args.bad_share if phase is phases[-1] else 0.0, info)
+            offline.batched()
+            phase.offline = statistics.mean(offline.rates[-2:])
+            if phase.clients == 1:
+                offline.batch_1(args.latency_count)
         stats = get(port, "/stats")
     finally:
         process.terminate()
         code = process.wait(timeout=120)
-    report(args, cpu_info(), lines, offline_rate, offline_latency, phases, stats, code)
+    report(args, cpu_info(), lines, offline, ceiling, phases, stats, code)
 
 
-def report(args, cpu, lines, offline_rate, offline_latency, phases, stats, code) -> None:
+def run_phase(phase: Phase, pid: int, port: int, lines: list[str], expected: list[str], args,
+              bad_share: float, limits: dict) -> None:
+    before = get(port, "/stats")
+    stop = threading.Event()
+    sampler = threading.Thread(target=sample_rss, args=(pid, phase, stop))
+    sampler.start()
+    asyncio.run(load(port, lines, expected, phase, args.seconds, args.requests, bad_share,
+                     limits))
+    stop.set()
+    sampler.join()
+    after = get(port, "/stats")
+    phase.batches = after["batches"] - before["batches"]
+    phase.sentences = after["sentences"] - before["sentences"]
+    phase.busy = after["busy_seconds"] - before["busy_seconds"]
+
+
+def report(args, cpu, lines, offline: Offline, ceiling, phases, stats, code) -> None:
     name, flags = cpu
     shown = " ".join(f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in flags)
     print(f"{name} ({shown}); torch threads {args.threads} (server and offline); "
-          f"{os.cpu_count()} cores; {len(lines)} test sentences; run {args.run}\n")
-    print("| case | sentences/s | x offline batched | p50 ms | p95 ms | client CPU share |")
-    print("|---|---|---|---|---|---|")
-    print(f"| offline, translate_lines, batched | {offline_rate:.1f} | 1.00 | | | |")
-    p50, p95 = (1000 * percentile(offline_latency, q) for q in (50, 95))
-    print(f"| offline, batch 1 | {1 / statistics.mean(offline_latency):.1f} | "
-          f"{1 / statistics.mean(offline_latency) / offline_rate:.2f} | {p50:.1f} | {p95:.1f} | |")
+          f"{os.cpu_count()} cores; {len(lines)} test sentences; run {args.run}; offline "
+          f"batched measured {len(offline.rates)} times, before and after each phase: "
+          f"{', '.join(f'{r:.0f}' for r in offline.rates)} sentences/s\n")
+    print("| case | sentences/s | offline batched around it | x offline batched | p50 ms | "
+          "p95 ms | sentences a batch | model thread busy | client CPU share |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    rate, latency = statistics.mean(offline.rates), offline.latencies
+    print(f"| offline, translate_lines, batched | {rate:.1f} | | 1.00 | | | "
+          f"{offline.batch_size} | | |")
+    print(f"| offline, unsorted batches of {ceiling[0]} (the most {ceiling[0]} clients can give) | "
+          f"{ceiling[1]:.1f} | {rate:.1f} | {ceiling[1] / rate:.2f} | | | {ceiling[0]} | | |")
+    p50, p95 = (1000 * percentile(latency, q) for q in (50, 95))
+    print(f"| offline, batch 1 | {1 / statistics.mean(latency):.1f} | {rate:.1f} | "
+          f"{1 / statistics.mean(latency) / rate:.2f} | {p50:.1f} | {p95:.1f} | 1 | | |")
     for phase in phases[:-1]:
         rate = phase.good / phase.wall
         p50, p95 = (1000 * percentile(phase.latencies, q) for q in (50, 95))
         print(f"| serve, {phase.clients} client{'s' if phase.clients > 1 else ''} | {rate:.1f} | "
-              f"{rate / offline_rate:.2f} | {p50:.1f} | {p95:.1f} | {phase.cpu / phase.wall:.0%} |")
+              f"{phase.offline:.1f} | {rate / phase.offline:.2f} | {p50:.1f} | {p95:.1f} | "
+              f"{phase.sentences / max(1, phase.batches):.1f} | {phase.busy / phase.wall:.0%} | "
+              f"{phase.cpu / phase.wall:.0%} |")
     bad = phases[-1]
     tenth = max(1, len(bad.rss) // 10)
     first, last = statistics.median(bad.rss[:tenth]), statistics.median(bad.rss[-tenth:])

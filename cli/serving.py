@@ -34,6 +34,10 @@ def serve(
     batch_window: Annotated[float, typer.Option(
         "--batch-window", min=0.0, max=10.0, help="Seconds a batch waits for more requests "
         "after its first sentence (0: it takes what queued while the last batch decoded).")] = 0.0,
+    patience: Annotated[float, typer.Option(
+        "--patience", min=0.0, max=10.0, help="Once the model is free, how long to wait for the "
+        "sentences still unanswered when the last batch ended (their clients come back together), "
+        "in units of that batch's decoding time (0: take what is queued at once).")] = 0.5,
     max_batch: Annotated[int | None, typer.Option(
         "--max-batch", min=1, help="Most sentences in one batch (default: the run's "
         "decode.batch_size).", show_default=False)] = None,
@@ -56,7 +60,7 @@ def serve(
         translator, decode = open_engine(run_dir, engine, which, device)
         service = Service(translator, decode, run_dir=run_dir, which=which)
         app = create_app(service, Limits(max_sentences, max_chars), window=batch_window,
-                         max_batch=max_batch or decode.batch_size)
+                         max_batch=max_batch or decode.batch_size, patience=patience)
         address = listening.getsockname()
         if not ipaddress.ip_address(address[0]).is_loopback:
             log.warning("listening on %s: other machines can reach this server; it has no "

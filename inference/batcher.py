@@ -4,9 +4,17 @@ Each request's sentences join one queue. A collector task on the event loop take
 waiting sentence, then whatever else arrives within `window` seconds, up to `max_batch`
 sentences, and hands them to the worker thread, which decodes them as one call per set of
 decoding options (sentences with other options cannot share a batch). While the worker decodes,
-new sentences queue up, so under load each batch fills from the queue without waiting. Every
-other model call (`run`: the explore page's attention pass, the warm-up) goes to the same one
-thread, so the model never runs twice at once and the event loop never waits on it.
+new sentences queue up, so under load each batch fills from the queue without waiting.
+
+Clients that wait for their answer before sending again come back together: when a batch ends,
+the sentences still unanswered (that batch's and those queued) are the sentences to expect next.
+Once the worker is free, the collector waits for that many, but no longer than `patience` times
+the last batch's decoding time; taking what is queued at once would split them into two half
+batches that alternate, each decoded at half the batch size's efficiency (measured in
+bench/serve_load.py; README). A lone client is expected alone and never waits.
+
+Every other model call (`run`: the explore page's attention pass, the warm-up) goes to the same
+one thread, so the model never runs twice at once and the event loop never waits on it.
 
 A request whose client has gone still gets its sentences decoded (a half-done batch is not worth
 splitting); its answer is dropped. A decoding error fails that batch's requests, not the worker.
@@ -16,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable, Hashable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
@@ -23,6 +32,7 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
+PATIENCE = 0.5  # the longest wait for the expected sentences, in units of the last batch's time
 Decode = Callable[[Hashable, list[Any]], list[Any]]  # (options, items) -> one result per item
 
 
@@ -35,6 +45,8 @@ class Stats:
     batches: int = 0  # calls of `decode`: one per batch and set of options
     largest_batch: int = 0  # most sentences in one call
     calls: int = 0  # other calls on the worker (explore, warm-up)
+    busy_seconds: float = 0.0  # the worker's time in `decode`
+    held_seconds: float = 0.0  # time the worker was free, a sentence queued, waiting for more
 
 
 @dataclass
@@ -49,10 +61,15 @@ class Batcher:
     `decode(options, items)` on the one worker thread. Start with `start()` inside the running
     event loop; `close()` after the last request."""
 
-    def __init__(self, decode: Decode, *, window: float, max_batch: int) -> None:
+    def __init__(self, decode: Decode, *, window: float, max_batch: int,
+                 patience: float = PATIENCE) -> None:
         self.decode, self.window, self.max_batch = decode, window, max_batch
+        self.patience = patience
         self.stats = Stats()
         self.pending = 0  # sentences of requests not yet answered
+        self.expected = 1  # sentences to wait for once the worker is free
+        self.free_since = 0.0  # event-loop time the last batch ended
+        self.last_decode = 0.0  # seconds the last batch took to decode
         self.worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mha-model")
         self.queue: asyncio.Queue[_Item] | None = None
         self.collector: asyncio.Task | None = None
@@ -91,21 +108,29 @@ class Batcher:
         return await asyncio.get_running_loop().run_in_executor(self.worker, fn, *args)
 
     async def _collect(self) -> None:
+        loop = asyncio.get_running_loop()
         while True:
             items = [await self.queue.get()]
-            deadline = asyncio.get_running_loop().time() + self.window
+            first = loop.time()
+            window_ends = first + self.window
+            patience_ends = self.free_since + self.patience * self.last_decode
             while len(items) < self.max_batch:
                 if not self.queue.empty():
                     items.append(self.queue.get_nowait())
                     continue
-                left = deadline - asyncio.get_running_loop().time()
+                expecting = len(items) < self.expected
+                left = max(window_ends, patience_ends if expecting else 0.0) - loop.time()
                 if left <= 0:
                     break
                 try:
                     items.append(await asyncio.wait_for(self.queue.get(), left))
                 except asyncio.TimeoutError:  # the builtin TimeoutError from Python 3.11 on
                     break
+            self.stats.held_seconds += loop.time() - first
             await self._decode(items)
+            # still unanswered: this batch's sentences and those queued meanwhile
+            self.expected = min(self.max_batch, max(1, self.pending))
+            self.free_since = loop.time()
 
     async def _decode(self, items: list[_Item]) -> None:
         groups: dict[Hashable, list[_Item]] = {}
@@ -115,7 +140,7 @@ class Batcher:
         for options, group in groups.items():
             try:
                 results = await asyncio.get_running_loop().run_in_executor(
-                    self.worker, self.decode, options, [item.value for item in group])
+                    self.worker, self._timed, options, [item.value for item in group])
             except Exception as error:  # a bug: its requests fail (500), the worker goes on
                 log.exception("decoding a batch of %d sentences failed", len(group))
                 results = None
@@ -131,6 +156,15 @@ class Batcher:
                 if not item.future.done():
                     item.future.set_result(result)
 
+    def _timed(self, options: Hashable, values: list[Any]) -> list[Any]:
+        start = time.perf_counter()
+        try:
+            return self.decode(options, values)
+        finally:
+            self.last_decode = time.perf_counter() - start
+            self.stats.busy_seconds += self.last_decode
+
     def report(self) -> dict:
         return {**asdict(self.stats), "queued": self.queued, "pending": self.pending,
-                "window": self.window, "max_batch": self.max_batch}
+                "window": self.window, "max_batch": self.max_batch, "patience": self.patience,
+                "expected": self.expected}
