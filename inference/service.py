@@ -20,7 +20,8 @@ from pathlib import Path
 
 from mha.configs.schema import DecodeConfig, to_dict
 from mha.inference import checkpoint
-from mha.inference.explore import page_data, page_html
+from mha.inference.explore import add_run_data, page_data, page_html
+from mha.inference.explore_align import add_links, links_layer
 from mha.inference.search import Search, json_object, split_prefixes
 from mha.inference.serve_requests import TranslateRequest
 from mha.inference.translate import Engine, MhaEngine, decode_chunk
@@ -56,6 +57,7 @@ class Service:
         self.tokenizer = engine.tokenizer
         self.explorable = isinstance(engine, MhaEngine)  # attention needs mha's own model
         self.warm = False
+        self.links_layer: int | None = None  # the page's word links' layer (set by page())
 
     def options(self, request: TranslateRequest) -> Decoding:
         """The request's Decoding, with the run's defaults; OptionError for what this run or
@@ -117,14 +119,22 @@ class Service:
         return self.translate(decoding, items)
 
     def explore(self, beam: int | None, text: str) -> bytes:
-        """The explore page's JSON for one sentence, serialised here, off the event loop."""
+        """The explore page's JSON for one sentence (with its word links when the run has
+        `mha align`'s report), serialised here, off the event loop."""
         data = self._page_data([text], beam or self.decode.beam, "the request")
+        if self.links_layer is not None:
+            add_links(data["sentences"], self.links_layer)
         return json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
 
     def page(self) -> str:
-        """The explore page in live mode, with no sentence yet."""
-        return page_html(self._page_data([], self.decode.beam, ""),
-                         f"mha serve: {self.run_dir}", live=True)
+        """The explore page in live mode, with no sentence yet and the run's parts: stored head
+        figures, alignment report, training tab, embeddings (as `mha explore` adds them)."""
+        data = self._page_data([], self.decode.beam, "")
+        add_run_data(data, self.engine.model, self.tokenizer, run_dir=self.run_dir,
+                     which=self.which)
+        if "alignment" in data:
+            self.links_layer = links_layer(data["alignment"], data["model"])
+        return page_html(data, f"mha serve: {self.run_dir}", live=True)
 
     def _page_data(self, texts: list[str], beam: int, name: str) -> dict:
         return page_data(self.engine.model, self.tokenizer, self.decode, texts,
