@@ -13,6 +13,7 @@ import typer
 from mha.cli.app import command, fail
 from mha.cli.engines import check_engine, open_engine
 from mha.cli.using import CheckpointOpt, DeviceOpt, EngineOpt, RunArg
+from mha.inference.batcher import PATIENCE
 
 log = logging.getLogger(__name__)
 
@@ -36,8 +37,9 @@ def serve(
         "after its first sentence (0: it takes what queued while the last batch decoded).")] = 0.0,
     patience: Annotated[float, typer.Option(
         "--patience", min=0.0, max=10.0, help="Once the model is free, how long to wait for the "
-        "sentences still unanswered when the last batch ended (their clients come back together), "
-        "in units of that batch's decoding time (0: take what is queued at once).")] = 0.5,
+        "clients the last batch answered to send again (on the same connection), in units of "
+        "that batch's decoding time; clients that did not come back last time are not waited "
+        "for (0: take what is queued at once).")] = PATIENCE,
     max_batch: Annotated[int | None, typer.Option(
         "--max-batch", min=1, help="Most sentences in one batch (default: the run's "
         "decode.batch_size).", show_default=False)] = None,

@@ -6,12 +6,16 @@ sentences, and hands them to the worker thread, which decodes them as one call p
 decoding options (sentences with other options cannot share a batch). While the worker decodes,
 new sentences queue up, so under load each batch fills from the queue without waiting.
 
-Clients that wait for their answer before sending again come back together: when a batch ends,
-the sentences still unanswered (that batch's and those queued) are the sentences to expect next.
-Once the worker is free, the collector waits for that many, but no longer than `patience` times
-the last batch's decoding time; taking what is queued at once would split them into two half
-batches that alternate, each decoded at half the batch size's efficiency (measured in
-bench/serve_load.py; README). A lone client is expected alone and never waits.
+Clients that wait for their answer before sending again (on the same connection: `client`)
+come back together. Once the worker is free, the collector waits for the clients the last batch
+answered, but no longer than `patience` times that batch's decoding time; taking what is queued
+at once would split them into two half batches that alternate, each decoded at half the batch
+size's efficiency (measured in bench/serve_load.py; README). A lone client is waited for alone,
+which is no wait. Clients that do not come back (requests that arrive on their own, a
+connection per request) are not waited for: each free period is judged afterwards, and the next
+one waits only if every client answered before it came back within the patience, waited for or
+not; otherwise a wait would only add to each request's latency (measured with requests arriving
+on their own: README).
 
 Every other model call (`run`: the explore page's attention pass, the warm-up) goes to the same
 one thread, so the model never runs twice at once and the event loop never waits on it.
@@ -32,7 +36,7 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
-PATIENCE = 0.5  # the longest wait for the expected sentences, in units of the last batch's time
+PATIENCE = 0.5  # the longest wait for the last batch's clients, in units of its decoding time
 Decode = Callable[[Hashable, list[Any]], list[Any]]  # (options, items) -> one result per item
 
 
@@ -54,6 +58,7 @@ class _Item:
     options: Hashable
     value: Any
     future: asyncio.Future
+    client: Hashable | None  # the connection it came on, None if unknown
 
 
 class Batcher:
@@ -67,9 +72,12 @@ class Batcher:
         self.patience = patience
         self.stats = Stats()
         self.pending = 0  # sentences of requests not yet answered
-        self.expected = 1  # sentences to wait for once the worker is free
+        self.answered: set[Hashable] = set()  # the clients of the last batch
+        self.trusted = True  # they came back within the last patience: wait for them again
         self.free_since = 0.0  # event-loop time the last batch ended
+        self.patience_ends = 0.0  # and the longest wait that followed
         self.last_decode = 0.0  # seconds the last batch took to decode
+        self.arrivals: list[tuple[float, Hashable]] = []  # (time, client) since free_since
         self.worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mha-model")
         self.queue: asyncio.Queue[_Item] | None = None
         self.collector: asyncio.Task | None = None
@@ -89,13 +97,17 @@ class Batcher:
     def queued(self) -> int:
         return self.queue.qsize() if self.queue is not None else 0
 
-    async def translate(self, options: Hashable, items: list[Any]) -> list[Any]:
-        """Queue `items` (one request's sentences) and wait for their results."""
+    async def translate(self, options: Hashable, items: list[Any],
+                        client: Hashable | None = None) -> list[Any]:
+        """Queue `items` (one request's sentences, from `client`: its connection) and wait for
+        their results."""
         loop = asyncio.get_running_loop()
         futures = [loop.create_future() for _ in items]
         for item, future in zip(items, futures):
-            self.queue.put_nowait(_Item(options, item, future))
+            self.queue.put_nowait(_Item(options, item, future, client))
         self.pending += len(items)
+        if client is not None:
+            self.arrivals.append((loop.time(), client))
         try:
             return list(await asyncio.gather(*futures))
         finally:
@@ -113,24 +125,31 @@ class Batcher:
             items = [await self.queue.get()]
             first = loop.time()
             window_ends = first + self.window
-            patience_ends = self.free_since + self.patience * self.last_decode
+            missing = (self.answered if self.trusted else set()) - {items[0].client}
             while len(items) < self.max_batch:
-                if not self.queue.empty():
+                if self.queue.empty():
+                    left = max(window_ends, self.patience_ends if missing else 0.0) - loop.time()
+                    if left <= 0:
+                        break
+                    try:
+                        items.append(await asyncio.wait_for(self.queue.get(), left))
+                    except asyncio.TimeoutError:  # the builtin TimeoutError from Python 3.11 on
+                        break
+                else:
                     items.append(self.queue.get_nowait())
-                    continue
-                expecting = len(items) < self.expected
-                left = max(window_ends, patience_ends if expecting else 0.0) - loop.time()
-                if left <= 0:
-                    break
-                try:
-                    items.append(await asyncio.wait_for(self.queue.get(), left))
-                except asyncio.TimeoutError:  # the builtin TimeoutError from Python 3.11 on
-                    break
+                missing = missing - {items[-1].client}
             self.stats.held_seconds += loop.time() - first
             await self._decode(items)
-            # still unanswered: this batch's sentences and those queued meanwhile
-            self.expected = min(self.max_batch, max(1, self.pending))
-            self.free_since = loop.time()
+            self._free(loop.time(), items)
+
+    def _free(self, now: float, items: list[_Item]) -> None:
+        """The worker is free: judge the last free period, then expect this batch's clients."""
+        end = min(self.patience_ends, now)
+        came = {client for at, client in self.arrivals if self.free_since <= at <= end}
+        self.trusted = self.answered <= came
+        self.answered = {item.client for item in items if item.client is not None}
+        self.free_since, self.arrivals = now, []
+        self.patience_ends = now + self.patience * self.last_decode
 
     async def _decode(self, items: list[_Item]) -> None:
         groups: dict[Hashable, list[_Item]] = {}
@@ -167,4 +186,4 @@ class Batcher:
     def report(self) -> dict:
         return {**asdict(self.stats), "queued": self.queued, "pending": self.pending,
                 "window": self.window, "max_batch": self.max_batch, "patience": self.patience,
-                "expected": self.expected}
+                "expected": len(self.answered) if self.trusted else 0}

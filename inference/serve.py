@@ -82,14 +82,14 @@ def create_app(service: Service, limits: Limits, *, window: float, max_batch: in
 
 def _add_model_routes(app: FastAPI, service: Service, batcher: Batcher, limits: Limits) -> None:
     @app.post("/translate")
-    async def translate(request: TranslateRequest) -> JSONResponse:
+    async def translate(request: TranslateRequest, http: Request) -> JSONResponse:
         """Translate sentences; per sentence, what `mha translate --json` prints with the same
         options. Concurrent requests with equal options are decoded in shared batches; one that
         samples is decoded alone."""
         check_limits(request.text, limits)
         decoding = service.options(request)
         if decoding.search.sampling is None:
-            answers = await batcher.translate(decoding, service.items(request))
+            answers = await batcher.translate(decoding, service.items(request), http.client)
         else:
             answers = await batcher.run(service.sample, decoding, service.items(request))
         unknown = service.tokenizer.unknown_characters(request.text)

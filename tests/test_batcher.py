@@ -1,12 +1,10 @@
 """inference/batcher.py without a model or a server: clients that wait for their answer before
 sending again come back to full batches when the batcher waits for them, and to split batches
-when it takes what is queued at once."""
+when it takes what is queued at once; clients that do not come back are not waited for."""
 
 from __future__ import annotations
 
 import asyncio
-
-import pytest
 
 from mha.inference.batcher import Batcher
 
@@ -23,7 +21,8 @@ def closed_loop(patience: float, clients: int = 8, rounds: int = 6) -> list[int]
 
     async def client(i: int, batcher: Batcher) -> None:
         for n in range(rounds):
-            assert await batcher.translate("greedy", [i * 100 + n]) == [2 * (i * 100 + n)]
+            sent = i * 100 + n
+            assert await batcher.translate("greedy", [sent], client=i) == [2 * sent]
             for _ in range(i):
                 await asyncio.sleep(0)
 
@@ -40,9 +39,8 @@ def closed_loop(patience: float, clients: int = 8, rounds: int = 6) -> list[int]
 
 def test_clients_that_come_back_together_are_waited_for():
     # patience in units of the last decoding time, here microseconds: long enough that only
-    # the expected sentences end a wait, short enough to be no delay
-    sizes = closed_loop(patience=1e5)
-    assert sizes == [8] * 6
+    # the clients' return ends a wait, short enough to be no delay
+    assert closed_loop(patience=1e5) == [8] * 6
 
 
 def test_without_patience_their_batches_split():
@@ -51,28 +49,36 @@ def test_without_patience_their_batches_split():
 
 
 def test_a_lone_client_never_waits():
-    sizes = closed_loop(patience=1e5, clients=1)
-    assert sizes == [1] * 6
+    assert closed_loop(patience=1e5, clients=1) == [1] * 6
 
 
-@pytest.mark.parametrize("first", [3, 5])
-def test_a_client_that_leaves_shrinks_the_wait(first):
-    """One fewer client than expected: the wait ends at the patience, and the next batch
-    expects the clients that came."""
+def test_clients_that_do_not_come_back_are_not_waited_for_until_they_do():
+    """After a wait that ran out (a client left, or requests arrive on their own), the next
+    batch takes what is queued at once; once every client answered came back within the
+    patience, the batcher waits for them again."""
     sizes = []
 
     def decode(options, items):
         sizes.append(len(items))
         return items
 
+    async def send(batcher: Batcher, clients) -> None:
+        await asyncio.gather(*(batcher.translate("greedy", [c], client=c) for c in clients))
+
     async def main() -> None:
         batcher = Batcher(decode, window=0.0, max_batch=64, patience=1e3)
         batcher.start()
-        await asyncio.gather(*(batcher.translate("greedy", [i]) for i in range(first)))
-        assert batcher.expected == first
-        await asyncio.gather(*(batcher.translate("greedy", [i]) for i in range(first - 1)))
-        assert batcher.expected == first - 1
+        await send(batcher, range(4))
+        assert batcher.answered == {0, 1, 2, 3} and batcher.trusted
+        await send(batcher, range(2))  # clients 2 and 3 left: the wait runs out
+        assert batcher.answered == {0, 1} and not batcher.trusted
+        batcher.patience = 1e7  # a wait now would outlast the test's timeout
+        held = batcher.stats.held_seconds
+        await asyncio.wait_for(send(batcher, [0]), timeout=10)  # client 1 does not come
+        assert batcher.stats.held_seconds - held < 1 and not batcher.trusted
+        await send(batcher, [0, 5])  # a new client: not awaited, and 0 came back
+        assert batcher.trusted and batcher.answered == {0, 5}
         await batcher.close()
 
     asyncio.run(main())
-    assert sizes == [first, first - 1]
+    assert sizes == [4, 2, 1, 2]

@@ -115,7 +115,7 @@ def test_concurrent_requests_share_a_batch_and_each_gets_its_own_answer(tiny_run
     assert {key: stats[key] for key in counts} == {
         "requests": 16, "sentences": 16, "batches": 1, "largest_batch": 16, "queued": 0,
         "pending": 0, "window": 10.0, "max_batch": 16}
-    assert stats["busy_seconds"] > 0 and stats["expected"] == 16  # all 16 come back together
+    assert stats["busy_seconds"] > 0
     assert stop_server(server) == 0
 
 

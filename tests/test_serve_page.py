@@ -21,8 +21,7 @@ from helpers import (
     state,
     stop_server,
 )
-from test_explore_align import align_report
-from test_explore_page import without_text
+from stored_reports import align_report, without_text
 
 from mha.inference.heads import all_heads
 from mha.inference.word_align import links
