@@ -5,8 +5,16 @@ when it takes what is queued at once; clients that do not come back are not wait
 from __future__ import annotations
 
 import asyncio
+from concurrent.futures import ThreadPoolExecutor
 
 from mha.inference.batcher import Batcher
+
+
+def run(main) -> None:
+    """asyncio.run(main()) in a thread of its own: the page tests' Playwright keeps an event loop
+    running in the main thread."""
+    with ThreadPoolExecutor(1) as pool:
+        pool.submit(asyncio.run, main()).result()
 
 
 def closed_loop(patience: float, clients: int = 8, rounds: int = 6) -> list[int]:
@@ -33,7 +41,7 @@ def closed_loop(patience: float, clients: int = 8, rounds: int = 6) -> list[int]
                                timeout=60)
         await batcher.close()
 
-    asyncio.run(main())
+    run(main)
     return sizes
 
 
@@ -80,5 +88,5 @@ def test_clients_that_do_not_come_back_are_not_waited_for_until_they_do():
         assert batcher.trusted and batcher.answered == {0, 5}
         await batcher.close()
 
-    asyncio.run(main())
+    run(main)
     assert sizes == [4, 2, 1, 2]
