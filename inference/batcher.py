@@ -50,6 +50,7 @@ class Stats:
     largest_batch: int = 0  # most sentences in one call
     calls: int = 0  # other calls on the worker (explore, warm-up)
     busy_seconds: float = 0.0  # the worker's time in `decode`
+    busy_cpu_seconds: float = 0.0  # and its CPU time there (others' load inflates the first)
     held_seconds: float = 0.0  # time the worker was free, a sentence queued, waiting for more
 
 
@@ -176,12 +177,13 @@ class Batcher:
                     item.future.set_result(result)
 
     def _timed(self, options: Hashable, values: list[Any]) -> list[Any]:
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.thread_time()
         try:
             return self.decode(options, values)
         finally:
             self.last_decode = time.perf_counter() - start
             self.stats.busy_seconds += self.last_decode
+            self.stats.busy_cpu_seconds += time.thread_time() - cpu
 
     def report(self) -> dict:
         return {**asdict(self.stats), "queued": self.queued, "pending": self.pending,

@@ -67,8 +67,9 @@ class Service:
                             seed=request.seed or 0) if request.sample else None
         beam = 1 if sampling is not None else request.beam or self.decode.beam
         if request.nbest is not None and request.nbest > beam:
+            why = "sample draws one" if sampling is not None else "the run's decode.beam"
             raise OptionError("nbest", f"nbest ({request.nbest}) is above the beam size ({beam}, "
-                              f"the run's decode.beam): give beam {request.nbest} or more")
+                              f"{why}): give beam {request.nbest} or more")
         if sampling is not None and not self.explorable:
             raise OptionError("sample", "a CTranslate2 model draws with one seed for as long as "
                               "it is loaded, so a request's seed cannot be honoured: serve with "

@@ -109,6 +109,7 @@ BAD = [  # (request fields, what the 422's error names)
     ({"sample": True, "beam": 3}, "it does not combine with beam 3"),
     ({"beam": 2, "nbest": 3}, "nbest (3) is above the beam size (2)"),
     ({"nbest": 2}, "body.nbest: nbest (2) is above the beam size (1, the run's decode.beam)"),
+    ({"nbest": 2, "sample": True}, "body.nbest: nbest (2) is above the beam size (1, sample"),
     ({"nbest": 0}, "body.nbest: Input should be greater than or equal to 1"),
     ({"align_layer": 0, "shift_att": True}, "align_layer, shift_att choose how alignments"),
     ({"alignments": True, "align_layer": 9}, "body.align_layer: align_layer must be a decoder"),
