@@ -1,18 +1,14 @@
 """`mha serve` under load, on loopback only, against offline decoding of the same model.
 
-Offline first, in this process: `translate_lines` over the test sentences (the run's test split,
-test_2016_flickr for the Multi30k presets, or --src-file) in batches of the run's
-decode.batch_size, and batch-1 latency (each sentence alone) over the first --latency-count.
-Then `mha serve RUN` in a subprocess on 127.0.0.1 (a free port) with the same torch threads, and
-one asyncio load client on one thread (this process), whose connections each send single
-sentences, one at a time, keep-alive: 1, 8 and 32 concurrent clients, each phase bounded by
---seconds and --requests. Every answer is checked against the offline translation. The client's
-CPU share (its process time over the phase's wall time) is reported: it shares the cores.
-
-Last, bad input under load: 32 clients, --bad-share of the requests malformed (broken JSON, a
-number for text) or oversize (too many sentences, too long a sentence, a Content-Length over
-max_body sent without its body). Reported: 5xx answers, good requests lost (no 200, or a wrong
-translation), and the server's RSS, median of the phase's last tenth against its first.
+Offline (this process, the run's test split or --src-file): `translate_lines` in batches of
+decode.batch_size before the first served phase and after each (a phase is set against the mean
+of the runs around it), unsorted batches of the most clients, batch-1 latency. Served: `mha serve
+RUN` on 127.0.0.1 and one asyncio client on one thread (this process) whose keep-alive
+connections send single sentences (greedy), one at a time: 1, 8 and 32 clients, each phase
+bounded by --seconds and --requests, every answer checked against offline's; per phase the
+sentences a batch and the model thread's busy share (/stats) and the client's CPU share. Last,
+32 clients with --bad-share malformed or oversize requests: 5xx answers, good requests lost,
+and the server's RSS (median of the last tenth against the first).
 
     python bench/serve_load.py RUN [--seconds 20] [--requests 5000] [--clients 1,8,32]
                                    [--threads 1] [--bad-share 0.2] [--src-file F]
@@ -30,10 +26,13 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
 HOST = "127.0.0.1"
+COUNTERS = ("batches", "sentences", "busy_seconds", "busy_cpu_seconds")  # decoding calls, their
+# sentences, the model thread's seconds in them and its CPU seconds there
 
 
 @dataclass
@@ -48,6 +47,8 @@ class Phase:
     wall: float = 0.0
     cpu: float = 0.0  # this process's CPU seconds during the phase
     rss: list[int] = field(default_factory=list)  # server RSS samples, KiB
+    offline: float = 0.0  # offline batched sentences/s, the mean of the runs before and after
+    served: dict = field(default_factory=dict)  # the phase's change in /stats' COUNTERS
 
 
 class Connection:
@@ -76,22 +77,16 @@ class Connection:
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
-        self.reader = self.writer = None
+            self.reader = self.writer = None
 
 
 def bad_request(rng: random.Random, max_chars: int, max_sentences: int,
                 max_body: int) -> tuple[bytes, int | None]:
     """One malformed or oversize request: (body, Content-Length to claim or None)."""
-    kind = rng.randrange(5)
-    if kind == 0:
-        return b'{"text": ["Ein Hund', None
-    if kind == 1:
-        return b'{"text": [3]}', None
-    if kind == 2:
-        return json.dumps({"text": ["Ein Hund."] * (max_sentences + 1)}).encode(), None
-    if kind == 3:
-        return json.dumps({"text": ["Hund " * (max_chars // 5 + 1)]}).encode(), None
-    return b"", max_body + 1
+    return rng.choice([(b'{"text": ["Ein Hund', None), (b'{"text": [3]}', None),
+                       (json.dumps({"text": ["Ein Hund."] * (max_sentences + 1)}).encode(), None),
+                       (json.dumps({"text": ["Hund " * (max_chars // 5 + 1)]}).encode(), None),
+                       (b"", max_body + 1)])
 
 
 async def load(port: int, lines: list[str], expected: list[str], phase: Phase, seconds: float,
@@ -113,7 +108,7 @@ async def load(port: int, lines: list[str], expected: list[str], phase: Phase, s
                 continue
             i = n % len(lines)
             start = time.perf_counter()
-            status = await connection.post(json.dumps({"text": [lines[i]]}).encode())
+            status = await connection.post(json.dumps({"text": [lines[i]], "beam": 1}).encode())
             phase.server_errors += status >= 500
             ok = status == 200 and json.loads(connection.answer)[
                 "translations"][0]["text"] == expected[i]
@@ -135,23 +130,52 @@ def sample_rss(pid: int, phase: Phase, stop: threading.Event) -> None:
                                   if line.startswith("VmRSS")).split()[1]))
 
 
-def offline(run: Path, lines: list[str], latency_count: int) -> tuple[list[str], float, list]:
-    """Offline translations, sentences/s in batches, and batch-1 latencies (s)."""
-    from mha.inference.run import load_model
-    from mha.inference.translate import MhaEngine, translate_chunk, translate_lines
+class Offline:
+    """Offline decoding in this process, measured again around every served phase: the machine's
+    speed drifts when others share it, so each phase is set against the offline rate measured
+    just before and just after it. Rates by the clock, and by this thread's CPU time, which
+    others' load disturbs far less."""
 
-    model, tokenizer, cfg = load_model(run, device="cpu")
-    engine = MhaEngine(model, tokenizer, cfg.decode)
-    translate_chunk(engine, lines[:8], batch_size=8, beam=1)  # warm-up
-    start = time.perf_counter()
-    translations = list(translate_lines(engine, lines, batch_size=cfg.decode.batch_size, beam=1))
-    rate = len(lines) / (time.perf_counter() - start)
-    latencies = []
-    for line in lines[:latency_count]:
-        start = time.perf_counter()
-        translate_chunk(engine, [line], batch_size=1, beam=1)
-        latencies.append(time.perf_counter() - start)
-    return translations, rate, latencies
+    def __init__(self, run: Path, lines: list[str]) -> None:
+        from mha.inference import translate
+        from mha.inference.run import load_model
+
+        model, tokenizer, cfg = load_model(run, device="cpu")
+        self.engine, self.lines, self.batch_size = (translate.MhaEngine(
+            model, tokenizer, cfg.decode), lines, cfg.decode.batch_size)
+        self.translate = translate
+        translate.translate_chunk(self.engine, lines[:8], batch_size=8, beam=1)  # warm-up
+        self.rates: list[float] = []  # sentences/s, batched, in measuring order
+        self.cpu_rates: list[float] = []  # the same per CPU second
+        self.latencies: list[float] = []  # seconds, batch 1
+
+    def _timed(self, decode) -> tuple[list[str], float, float]:
+        wall, cpu = time.perf_counter(), time.thread_time()
+        out = decode()
+        n = len(self.lines)
+        return out, n / (time.perf_counter() - wall), n / (time.thread_time() - cpu)
+
+    def batched(self) -> list[str]:
+        """Translations of every line by `translate_lines`; its rates join the lists."""
+        out, rate, cpu_rate = self._timed(lambda: list(self.translate.translate_lines(
+            self.engine, self.lines, batch_size=self.batch_size, beam=1)))
+        self.rates.append(rate)
+        self.cpu_rates.append(cpu_rate)
+        return out
+
+    def unsorted(self, size: int) -> tuple[float, float]:
+        """Sentences/s (clock, CPU) in batches of `size` taken in input order, not sorted by
+        length: the most that `size` clients sending one sentence each can give the server."""
+        lines = random.Random(0).sample(self.lines, len(self.lines))
+        return self._timed(lambda: [self.translate.translate_chunk(
+            self.engine, lines[first:first + size], batch_size=size, beam=1)
+            for first in range(0, len(lines), size)])[1:]
+
+    def batch_1(self, count: int) -> None:
+        for line in self.lines[:count]:
+            start = time.perf_counter()
+            self.translate.translate_chunk(self.engine, [line], batch_size=1, beam=1)
+            self.latencies.append(time.perf_counter() - start)
 
 
 def start_server(run: Path, threads: int, extra: list[str]) -> tuple[subprocess.Popen, int]:
@@ -166,8 +190,6 @@ def start_server(run: Path, threads: int, extra: list[str]) -> tuple[subprocess.
 
 
 def get(port: int, path: str) -> dict:
-    import urllib.request
-
     with urllib.request.urlopen(f"http://{HOST}:{port}{path}", timeout=60) as response:
         return json.loads(response.read())
 
@@ -197,7 +219,11 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     lines = (args.src_file.read_text(encoding="utf-8").splitlines() if args.src_file
              else list(load_prepared(args.run).splits["test"]["src"]))
-    expected, offline_rate, offline_latency = offline(args.run, lines, args.latency_count)
+    offline = Offline(args.run, lines)
+    expected = offline.batched()
+    offline.batch_1(args.latency_count)
+    most = max(int(n) for n in args.clients.split(","))
+    ceiling = (most, *offline.unsorted(most))
     process, port = start_server(args.run, args.threads, args.serve_args.split())
     try:
         while not get(port, "/health")["warm"]:
@@ -205,36 +231,61 @@ def main() -> None:
         info = get(port, "/info")["limits"]
         phases = [Phase(int(n)) for n in args.clients.split(",")] + [Phase(32)]
         for phase in phases:
-            bad = args.bad_share if phase is phases[-1] else 0.0
-            stop = threading.Event()
-            sampler = threading.Thread(target=sample_rss, args=(process.pid, phase, stop))
-            sampler.start()
-            asyncio.run(load(port, lines, expected, phase, args.seconds, args.requests, bad, info))
-            stop.set()
-            sampler.join()
-        stats = get(port, "/stats")
+            run_phase(phase, process.pid, port, lines, expected, args,
+                      args.bad_share if phase is phases[-1] else 0.0, info)
+            offline.batched()
+            phase.offline = statistics.mean(offline.rates[-2:])
+            if phase.clients == 1:
+                offline.batch_1(args.latency_count)
     finally:
         process.terminate()
         code = process.wait(timeout=120)
-    report(args, cpu_info(), lines, offline_rate, offline_latency, phases, stats, code)
+    report(args, cpu_info(), lines, offline, ceiling, phases, code)
 
 
-def report(args, cpu, lines, offline_rate, offline_latency, phases, stats, code) -> None:
+def run_phase(phase: Phase, pid: int, port: int, lines: list[str], expected: list[str], args,
+              bad_share: float, limits: dict) -> None:
+    before = get(port, "/stats")
+    stop = threading.Event()
+    sampler = threading.Thread(target=sample_rss, args=(pid, phase, stop))
+    sampler.start()
+    asyncio.run(load(port, lines, expected, phase, args.seconds, args.requests, bad_share,
+                     limits))
+    stop.set()
+    sampler.join()
+    after = get(port, "/stats")
+    phase.served = {key: after[key] - before[key] for key in COUNTERS}
+
+
+def report(args, cpu, lines, offline: Offline, ceiling, phases, code) -> None:
     name, flags = cpu
     shown = " ".join(f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in flags)
     print(f"{name} ({shown}); torch threads {args.threads} (server and offline); "
-          f"{os.cpu_count()} cores; {len(lines)} test sentences; run {args.run}\n")
-    print("| case | sentences/s | x offline batched | p50 ms | p95 ms | client CPU share |")
-    print("|---|---|---|---|---|---|")
-    print(f"| offline, translate_lines, batched | {offline_rate:.1f} | 1.00 | | | |")
-    p50, p95 = (1000 * percentile(offline_latency, q) for q in (50, 95))
-    print(f"| offline, batch 1 | {1 / statistics.mean(offline_latency):.1f} | "
-          f"{1 / statistics.mean(offline_latency) / offline_rate:.2f} | {p50:.1f} | {p95:.1f} | |")
+          f"{os.cpu_count()} cores; {len(lines)} test sentences; run {args.run}; offline "
+          f"batched measured {len(offline.rates)} times, before and after each phase: "
+          f"{', '.join(f'{r:.0f}' for r in offline.rates)} sentences/s\n")
+    print("| case | sentences/s | offline batched around it | x offline batched | p50 ms | "
+          "p95 ms | sentences a batch | model thread busy | client CPU share | x offline "
+          "batched, per CPU second of the model thread |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    rate, latency = statistics.mean(offline.rates), offline.latencies
+    cpu_rate = statistics.mean(offline.cpu_rates)
+    print(f"| offline, translate_lines, batched | {rate:.1f} | | 1.00 | | | "
+          f"{offline.batch_size} | | | 1.00 |")
+    print(f"| offline, unsorted batches of {ceiling[0]} (the most {ceiling[0]} clients can give) | "
+          f"{ceiling[1]:.1f} | {rate:.1f} | {ceiling[1] / rate:.2f} | | | {ceiling[0]} | | | "
+          f"{ceiling[2] / cpu_rate:.2f} |")
+    p50, p95 = (1000 * percentile(latency, q) for q in (50, 95))
+    print(f"| offline, batch 1 | {1 / statistics.mean(latency):.1f} | {rate:.1f} | "
+          f"{1 / statistics.mean(latency) / rate:.2f} | {p50:.1f} | {p95:.1f} | 1 | | | |")
     for phase in phases[:-1]:
-        rate = phase.good / phase.wall
+        rate, served = phase.good / phase.wall, phase.served
         p50, p95 = (1000 * percentile(phase.latencies, q) for q in (50, 95))
         print(f"| serve, {phase.clients} client{'s' if phase.clients > 1 else ''} | {rate:.1f} | "
-              f"{rate / offline_rate:.2f} | {p50:.1f} | {p95:.1f} | {phase.cpu / phase.wall:.0%} |")
+              f"{phase.offline:.1f} | {rate / phase.offline:.2f} | {p50:.1f} | {p95:.1f} | "
+              f"{served['sentences'] / max(1, served['batches']):.1f} | "
+              f"{served['busy_seconds'] / phase.wall:.0%} | {phase.cpu / phase.wall:.0%} | "
+              f"{served['sentences'] / served['busy_cpu_seconds'] / cpu_rate:.2f} |")
     bad = phases[-1]
     tenth = max(1, len(bad.rss) // 10)
     first, last = statistics.median(bad.rss[:tenth]), statistics.median(bad.rss[-tenth:])
@@ -242,11 +293,8 @@ def report(args, cpu, lines, offline_rate, offline_latency, phases, stats, code)
           f"in {bad.wall:.1f} s, {bad.bad} bad, {bad.server_errors} 5xx, {bad.good} good answered "
           f"right, {bad.lost} good lost; server RSS median {first / 1024:.0f} MiB in the first "
           f"tenth, {last / 1024:.0f} MiB in the last ({last / first - 1:+.1%})")
-    lost = sum(p.lost for p in phases)
-    print(f"batching: {stats['batches']} batches of {stats['sentences']} sentences, largest "
-          f"{stats['largest_batch']}; good requests lost over all phases: {lost}; server exit "
+    print(f"good requests lost over all phases: {sum(p.lost for p in phases)}; server exit "
           f"code after SIGTERM: {code}")
-
 
 if __name__ == "__main__":
     main()

@@ -4,7 +4,8 @@
 
 Starts `mha serve RUN --port 0` on 127.0.0.1, opens the page in headless Chromium (Debian's
 /usr/bin/chromium through Playwright, as the tests do), types the sentence, waits for the answer,
-hovers a source token in the head view and saves the page; then stops the server with SIGTERM.
+opens the head view (with the word links on when the run has `mha align`'s report), hovers a
+source token and saves the page; then stops the server with SIGTERM.
 """
 
 from __future__ import annotations
@@ -38,7 +39,10 @@ def main() -> None:
             page.fill("#live-text", args.text)
             page.press("#live-text", "Enter")
             page.wait_for_function("!window.mhaLive.pending", timeout=120_000)
-            tokens = page.locator("#source .token")
+            page.click(".tab[data-view=head]")
+            if page.is_visible("#word-links"):
+                page.set_checked("#word-links", True)
+            tokens = page.locator("#lines text.token.right")
             if tokens.count() > 1:
                 tokens.nth(1).hover()
             page.screenshot(path=str(args.output), full_page=False)

@@ -13,6 +13,7 @@ import typer
 from mha.cli.app import command, fail
 from mha.cli.engines import check_engine, open_engine
 from mha.cli.using import CheckpointOpt, DeviceOpt, EngineOpt, RunArg
+from mha.inference.batcher import PATIENCE
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +35,11 @@ def serve(
     batch_window: Annotated[float, typer.Option(
         "--batch-window", min=0.0, max=10.0, help="Seconds a batch waits for more requests "
         "after its first sentence (0: it takes what queued while the last batch decoded).")] = 0.0,
+    patience: Annotated[float, typer.Option(
+        "--patience", min=0.0, max=10.0, help="Once the model is free, how long to wait for the "
+        "clients the last batch answered to send again (on the same connection), in units of "
+        "that batch's decoding time; clients that did not come back last time are not waited "
+        "for (0: take what is queued at once).")] = PATIENCE,
     max_batch: Annotated[int | None, typer.Option(
         "--max-batch", min=1, help="Most sentences in one batch (default: the run's "
         "decode.batch_size).", show_default=False)] = None,
@@ -56,7 +62,7 @@ def serve(
         translator, decode = open_engine(run_dir, engine, which, device)
         service = Service(translator, decode, run_dir=run_dir, which=which)
         app = create_app(service, Limits(max_sentences, max_chars), window=batch_window,
-                         max_batch=max_batch or decode.batch_size)
+                         max_batch=max_batch or decode.batch_size, patience=patience)
         address = listening.getsockname()
         if not ipaddress.ip_address(address[0]).is_loopback:
             log.warning("listening on %s: other machines can reach this server; it has no "

@@ -20,8 +20,8 @@ When the run holds RUN/heads.json (`mha heads`), the JSON also has checkpoint_st
 checkpoint) and heads: that report's checked fields (HeadReport), which the page shows beside
 each head. A file that does not parse, fails the check or describes another model's heads is
 left out with one warning.
-`mha serve` gives the same JSON for each typed sentence (POST /explore) and serves the page in
-live mode (live.js added: a text box, and the server's answers replace the page's data).
+`mha serve` serves the page in live mode (live.js added: a text box) with the run's parts of the
+JSON (add_run_data) and gives each typed sentence's part (POST /explore), which joins the page's.
 
 Two more tabs come with their own keys: `history` (the training tab: RUN/attention_history as
 train.watch kept it, explore_history.py; on by default when the run has one) and `embeddings`
@@ -241,15 +241,23 @@ def explore(
     model, tokenizer, cfg = load_model(run_dir, which, device)
     data = page_data(model, tokenizer, cfg.decode, texts, run_dir=run_dir, which=which,
                      beam=beam or cfg.decode.beam, name=name)
-    data.update(head_figures(run_dir, which, data["model"]))
-    add_alignment(data, run_dir)
-    data.update(history_data(run_dir, data["model"], history))
-    data.update(embedding_data(model, tokenizer))
+    add_run_data(data, model, tokenizer, run_dir=run_dir, which=which, history=history)
     for warning in data["warnings"]:
         log.warning("%s", warning)
     page = page_html(data, f"mha explore: {run_dir}").encode("utf-8")
     atomic_write(output, lambda file: file.write(page))
     return data
+
+
+def add_run_data(data: dict, model: Transformer, tokenizer: Tokenizer, *, run_dir: Path,
+                 which: str, history: bool | None = None) -> None:
+    """The parts of the page that come from the run, not from its sentences: the stored head
+    figures, the alignment report (and the sentences' word links), the training tab, the
+    embeddings. `mha explore` and `mha serve`'s live page both add them here."""
+    data.update(head_figures(run_dir, which, data["model"]))
+    add_alignment(data, run_dir)
+    data.update(history_data(run_dir, data["model"], history))
+    data.update(embedding_data(model, tokenizer))
 
 
 def page_data(model: Transformer, tokenizer: Tokenizer, decode_cfg: DecodeConfig,

@@ -101,9 +101,19 @@ def add_alignment(data: dict, run_dir: Path) -> None:
     if report is None:
         return
     data["alignment"] = report
-    layer = report["best_layer"] if report["best_layer"] is not None else max(
-        data["model"]["decoder_layers"] - 2, 0)
-    for sentence in data["sentences"]:
+    add_links(data["sentences"], links_layer(report, data["model"]))
+
+
+def links_layer(report: dict, model: dict) -> int:
+    """The layer whose heads give the page's word links: the report's best, else the
+    second-to-last."""
+    best = report["best_layer"]
+    return best if best is not None else max(model["decoder_layers"] - 2, 0)
+
+
+def add_links(sentences: list[dict], layer: int) -> None:
+    """Each sentence's `links`, from its own cross-attention in `layer`, heads averaged."""
+    for sentence in sentences:
         cross = torch.tensor(sentence["weights"]["cross"][layer])  # (H, T + 1, S + 1)
         found = links(cross, sentence["src"][:-1], sentence["tgt_out"][:-1])
         sentence["links"] = [[i, j] for i, j in found]

@@ -110,9 +110,15 @@ def nbest_lines(translation: Translation, nbest: int, alignments: bool = False) 
 
 
 def json_line(translation: Translation, nbest: bool = False) -> str:
-    """One JSON object: the best hypothesis's text, score and log_prob (null for a blank input
-    line), its `tokens` ([{piece, log_prob}], EOS last) when they were scored, and with `nbest`
-    every hypothesis the same way under "nbest". Further per-translation facts join as keys."""
+    """`json_object` as one line of JSON."""
+    return json.dumps(json_object(translation, nbest), ensure_ascii=False)
+
+
+def json_object(translation: Translation, nbest: bool = False) -> dict:
+    """What `--json` prints for a translation (and `mha serve` answers): the best hypothesis's
+    text, score and log_prob (null for a blank input line), its `tokens` ([{piece, log_prob}],
+    EOS last) when they were scored, and with `nbest` every hypothesis the same way under
+    "nbest". Further per-translation facts join as keys."""
     entries = []
     for i, (h, text) in enumerate(zip(translation.hypotheses, translation.texts)):
         entry = {"text": text, "score": h.score, "log_prob": h.log_prob}
@@ -124,4 +130,4 @@ def json_line(translation: Translation, nbest: bool = False) -> str:
         entries.append(entry)
     aligned = {"alignments": ""} if translation.links is not None else {}
     best = entries[0] if entries else {"text": "", "score": None, "log_prob": None, **aligned}
-    return json.dumps({**best, "nbest": entries} if nbest else best, ensure_ascii=False)
+    return {**best, "nbest": entries} if nbest else best

@@ -1,7 +1,9 @@
 """`mha serve`'s HTTP API (FastAPI): translate, explore, the live page, health, the run's metadata.
 
-    POST /translate  {"text": [...], "beam": N?} -> {"translations": [{text, score, tokens}],
-                     "beam", "warnings"}
+    POST /translate  {"text": [...], "beam"?, "nbest"?, "prefix"?, "token_scores"?, "alignments"?,
+                     "align_layer"?, "shift_att"?, "sample"?, "top_k"?, "top_p"?, "temperature"?,
+                     "seed"?} -> {"translations": [what `mha translate --json` prints per
+                     sentence with those options: text, score, log_prob, ...], "beam", "warnings"}
     POST /explore    {"text": "...", "beam": N?} -> the explore page's JSON for that sentence
     GET  /           the explore page in live mode          GET /health  ready, warm
     GET  /info       the run: config, step, checkpoint, tokenizer sizes, limits
@@ -25,8 +27,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from starlette.exceptions import HTTPException
 
-from mha.inference.batcher import Batcher
-from mha.inference.service import ExploreRequest, Service, TranslateRequest
+from mha.inference.batcher import PATIENCE, Batcher
+from mha.inference.serve_requests import ExploreRequest, TranslateRequest
+from mha.inference.service import OptionError, Service
 from mha.inference.translate import unknown_message
 
 log = logging.getLogger(__name__)
@@ -53,9 +56,10 @@ class LimitError(HTTPException):
         self.limit, self.maximum = limit, maximum
 
 
-def create_app(service: Service, limits: Limits, *, window: float, max_batch: int) -> FastAPI:
+def create_app(service: Service, limits: Limits, *, window: float, max_batch: int,
+               patience: float = PATIENCE) -> FastAPI:
     """The app; the batcher starts with it and, after the last request, stops with it."""
-    batcher = Batcher(service.translate, window=window, max_batch=max_batch)
+    batcher = Batcher(service.translate, window=window, max_batch=max_batch, patience=patience)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -71,21 +75,27 @@ def create_app(service: Service, limits: Limits, *, window: float, max_batch: in
     _add_error_handlers(app)
     _add_model_routes(app, service, batcher, limits)
     info = service.info(asdict(limits) | {"max_body": limits.max_body},
-                        {"window": window, "max_batch": max_batch})
+                        {"window": window, "max_batch": max_batch, "patience": patience})
     _add_run_routes(app, service, batcher, info)
     return app
 
 
 def _add_model_routes(app: FastAPI, service: Service, batcher: Batcher, limits: Limits) -> None:
     @app.post("/translate")
-    async def translate(request: TranslateRequest) -> dict:
-        """Translate sentences; concurrent requests are decoded in shared batches."""
+    async def translate(request: TranslateRequest, http: Request) -> JSONResponse:
+        """Translate sentences; per sentence, what `mha translate --json` prints with the same
+        options. Concurrent requests with equal options are decoded in shared batches; one that
+        samples is decoded alone."""
         check_limits(request.text, limits)
-        options = service.options(request)
-        translations = await batcher.translate(options, request.text)
+        decoding = service.options(request)
+        if decoding.search.sampling is None:
+            answers = await batcher.translate(decoding, service.items(request), http.client)
+        else:
+            answers = await batcher.run(service.sample, decoding, service.items(request))
         unknown = service.tokenizer.unknown_characters(request.text)
-        return {"translations": [asdict(t) for t in translations], "beam": options.beam,
-                "warnings": [unknown_message(unknown, "the request")] if unknown else []}
+        return JSONResponse({"translations": answers, "beam": decoding.search.beam,
+                             "warnings": [unknown_message(unknown, "the request")] if unknown
+                             else []})
 
     @app.post("/explore")
     async def explore(request: ExploreRequest) -> Response:
@@ -93,7 +103,7 @@ def _add_model_routes(app: FastAPI, service: Service, batcher: Batcher, limits: 
         if not service.explorable:
             raise HTTPException(501, "/explore needs mha's own decoder (serve with --engine mha)")
         check_limits([request.text], limits)
-        body = await batcher.run(service.explore, service.options(request), request.text)
+        body = await batcher.run(service.explore, request.beam, request.text)
         return Response(body, media_type="application/json")
 
 
@@ -150,6 +160,12 @@ def _add_error_handlers(app: FastAPI) -> None:
         summary = "; ".join(f"{p['where']}: {p['problem']}" for p in problems[:5])
         return JSONResponse({"error": f"malformed request: {summary}", "problems": problems},
                             status_code=422)
+
+    @app.exception_handler(OptionError)
+    async def unusable_option(request: Request, error: OptionError) -> JSONResponse:
+        problem = {"where": f"body.{error.field}", "problem": error.problem}
+        return JSONResponse({"error": f"malformed request: {problem['where']}: {error.problem}",
+                             "problems": [problem]}, status_code=422)
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, error: HTTPException) -> JSONResponse:

@@ -1,12 +1,15 @@
 """What `mha serve` does with the model: decode a merged batch, explore a sentence, the run's facts.
 
-The HTTP side (inference/serve.py) checks requests and merges them (inference/batcher.py); the
-calls here run on the batcher's one worker thread. Decoding goes through the one engine
-interface and batching loop of inference/translate.py, so the server translates as `mha
-translate` does; the explore page's JSON comes from inference/explore.py's builder.
+The HTTP side (inference/serve.py) checks requests (inference/serve_requests.py) and merges them
+(inference/batcher.py); the calls here run on the batcher's one worker thread. Decoding goes
+through the one engine interface and batching loop of inference/translate.py, and answers are
+built by the same `json_object` as `mha translate --json`, so the server answers what the CLI
+prints for the same options; the explore page's JSON comes from inference/explore.py's builder.
 
-Decoding options are a frozen model: a batch holds sentences with equal options, and an option
-that joins `mha translate` (n-best, sampling, a prefix) joins here as one more field.
+A request's options become a `Decoding`: a batch holds sentences with equal Decodings (a
+sentence's target prefix is its own, so prefixes do not split batches). A request that samples
+is decoded alone and its draws seeded afresh, as `mha translate --sample` decodes its input:
+draws depend on the batch they are made in.
 """
 
 from __future__ import annotations
@@ -14,57 +17,35 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated
-
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from mha.configs.schema import DecodeConfig, to_dict
 from mha.inference import checkpoint
-from mha.inference.explore import page_data, page_html
-from mha.inference.search import Search
+from mha.inference.explore import add_run_data, page_data, page_html
+from mha.inference.explore_align import add_links, links_layer
+from mha.inference.search import Search, json_object, split_prefixes
+from mha.inference.serve_requests import TranslateRequest
 from mha.inference.translate import Engine, MhaEngine, decode_chunk
+from mha.model.sample import Sampling
 
-MAX_BEAM = 16  # a larger beam in a request is refused (422): one request must not hold the worker
 WARM_UP = "Ein Mann fährt Fahrrad."
 
 
-class DecodeOptions(BaseModel):
-    """How to decode; fields a request may set (None: the run's default). Equal options may
-    share a batch."""
+class OptionError(ValueError):
+    """A request's option that this run or engine cannot honour (422), naming the field."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)  # "3" is not a number
-
-    beam: int | None = Field(None, ge=1, le=MAX_BEAM, description="Beam size; 1 is greedy "
-                             "(default: the run's decode.beam).")
-
-
-def _encodable(text: str) -> str:
-    """JSON may hold half of a surrogate pair ("\\ud800"), which is no character."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError as error:
-        raise ValueError(f"character {error.start + 1} is U+{ord(text[error.start]):04X}, half "
-                         "of a surrogate pair, not a character") from None
-    return text
-
-
-Text = Annotated[str, AfterValidator(_encodable)]
-
-
-class TranslateRequest(DecodeOptions):
-    text: list[Text] = Field(min_length=1, description="Sentences, one translation each.")
-
-
-class ExploreRequest(DecodeOptions):
-    text: Text = Field(description="One sentence, explored as `mha explore` does.")
+    def __init__(self, field: str, problem: str) -> None:
+        super().__init__(problem)
+        self.field, self.problem = field, problem
 
 
 @dataclass(frozen=True)
-class Translation:
-    text: str
-    score: float | None  # the search's log-probability of its output (EOS included when it
-    # chose one), what `mha translate --json` calls log_prob; None for an empty input
-    tokens: int  # output tokens, EOS aside (0 for an empty input)
+class Decoding:
+    """A request's options with the run's defaults filled in; equal Decodings share a batch."""
+
+    search: Search
+    nbest: bool = False  # answer every hypothesis under "nbest"
+    token_scores: bool = False
+    align: tuple[int, bool] | None = None  # (decoder layer, Shift-Att)
 
 
 class Service:
@@ -76,28 +57,85 @@ class Service:
         self.tokenizer = engine.tokenizer
         self.explorable = isinstance(engine, MhaEngine)  # attention needs mha's own model
         self.warm = False
+        self.links_layer: int | None = None  # the page's word links' layer (set by page())
 
-    def options(self, request: DecodeOptions) -> DecodeOptions:
-        """The request's options with the run's defaults filled in (so equal choices merge)."""
-        return DecodeOptions(beam=request.beam or self.decode.beam)
+    def options(self, request: TranslateRequest) -> Decoding:
+        """The request's Decoding, with the run's defaults; OptionError for what this run or
+        engine cannot do."""
+        sampling = Sampling(top_k=request.top_k, top_p=request.top_p or 1.0,
+                            temperature=request.temperature or 1.0,
+                            seed=request.seed or 0) if request.sample else None
+        beam = 1 if sampling is not None else request.beam or self.decode.beam
+        if request.nbest is not None and request.nbest > beam:
+            why = "sample draws one" if sampling is not None else "the run's decode.beam"
+            raise OptionError("nbest", f"nbest ({request.nbest}) is above the beam size ({beam}, "
+                              f"{why}): give beam {request.nbest} or more")
+        if sampling is not None and not self.explorable:
+            raise OptionError("sample", "a CTranslate2 model draws with one seed for as long as "
+                              "it is loaded, so a request's seed cannot be honoured: serve with "
+                              "--engine mha to sample")
+        return Decoding(Search(beam, request.nbest or 1, sampling), request.nbest is not None,
+                        request.token_scores, self._align(request))
 
-    def translate(self, options: DecodeOptions, lines: list[str]) -> list[Translation]:
-        """A merged batch (at most the batcher's cap), decoded as one; in input order."""
-        found = decode_chunk(self.engine, lines, Search(beam=options.beam),
-                             batch_size=len(lines))
-        best = [t.hypotheses[0] if t.hypotheses else None for t in found]
-        return [Translation(t.text, round(h.log_prob, 4), len(h.ids)) if h is not None
-                else Translation("", None, 0) for t, h in zip(found, best)]
+    def _align(self, request: TranslateRequest) -> tuple[int, bool] | None:
+        if not request.alignments:
+            return None
+        if not self.explorable:
+            raise OptionError("alignments", "alignments read one chosen layer's heads averaged; "
+                              "a model exported for --engine ctranslate2 returns only the "
+                              "attention fixed at export: serve with --engine mha")
+        from mha.inference.align import default_layer
 
-    def explore(self, options: DecodeOptions, text: str) -> bytes:
-        """The explore page's JSON for one sentence, serialised here, off the event loop."""
-        data = self._page_data([text], options.beam, "the request")
+        layers = len(self.engine.model.decoder)
+        layer = request.align_layer
+        if layer is None:
+            layer = default_layer(self.run_dir, layers)
+        if layer >= layers:
+            raise OptionError("align_layer", f"align_layer must be a decoder layer, 0 to "
+                              f"{layers - 1}, got {layer}")
+        return layer, request.shift_att
+
+    def items(self, request: TranslateRequest) -> list[tuple[str, str]]:
+        """(source, target prefix) per sentence: a tab column, else the request's prefix."""
+        return list(zip(*split_prefixes(request.text, request.prefix or "")))
+
+    def translate(self, decoding: Decoding, items: list[tuple[str, str]]) -> list[dict]:
+        """A merged batch (at most the batcher's cap), decoded as `mha translate` decodes its
+        input (sorted by length, decode.batch_size at a time); per sentence, in input order,
+        what `mha translate --json` prints for it."""
+        from mha.inference.translation_links import Aligner
+
+        align = None if decoding.align is None else Aligner(
+            self.engine.model, self.tokenizer, *decoding.align, batch_size=self.decode.batch_size)
+        found = decode_chunk(self.engine, [source for source, _ in items], decoding.search,
+                             batch_size=self.decode.batch_size,
+                             prefixes=[prefix for _, prefix in items],
+                             token_scores=decoding.token_scores, align=align)
+        return [json_object(t, decoding.nbest) for t in found]
+
+    def sample(self, decoding: Decoding, items: list[tuple[str, str]]) -> list[dict]:
+        """One request that samples, alone, its draws seeded afresh: `mha translate --sample`'s
+        batches and draws for the same sentences and seed."""
+        self.engine.sampler = None  # MhaEngine seeds its sampler on the first batch that samples
+        return self.translate(decoding, items)
+
+    def explore(self, beam: int | None, text: str) -> bytes:
+        """The explore page's JSON for one sentence (with its word links when the run has
+        `mha align`'s report), serialised here, off the event loop."""
+        data = self._page_data([text], beam or self.decode.beam, "the request")
+        if self.links_layer is not None:
+            add_links(data["sentences"], self.links_layer)
         return json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
 
     def page(self) -> str:
-        """The explore page in live mode, with no sentence yet."""
-        return page_html(self._page_data([], self.decode.beam, ""),
-                         f"mha serve: {self.run_dir}", live=True)
+        """The explore page in live mode, with no sentence yet and the run's parts: stored head
+        figures, alignment report, training tab, embeddings (as `mha explore` adds them)."""
+        data = self._page_data([], self.decode.beam, "")
+        add_run_data(data, self.engine.model, self.tokenizer, run_dir=self.run_dir,
+                     which=self.which)
+        if "alignment" in data:
+            self.links_layer = links_layer(data["alignment"], data["model"])
+        return page_html(data, f"mha serve: {self.run_dir}", live=True)
 
     def _page_data(self, texts: list[str], beam: int, name: str) -> dict:
         return page_data(self.engine.model, self.tokenizer, self.decode, texts,
@@ -105,7 +143,7 @@ class Service:
 
     def warm_up(self) -> None:
         """One translation before the first request's: the first call of a model is slow."""
-        self.translate(self.options(DecodeOptions()), [WARM_UP])
+        self.translate(Decoding(Search(beam=self.decode.beam)), [(WARM_UP, "")])
         self.warm = True
 
     def info(self, limits: dict, batching: dict) -> dict:

@@ -6,35 +6,18 @@ from __future__ import annotations
 
 import json
 import logging
-import random
 import shutil
 from pathlib import Path
 
 import pytest
 import torch
 from helpers import SENTENCES, invoke, one_thread, show, state
+from stored_reports import align_report
 
 from mha.inference.explore_align import add_alignment, alignment_by_step
 from mha.inference.word_align import links, word_ids
 
 pytestmark = pytest.mark.usefixtures("_one_thread")
-
-
-def align_report(layers: int, heads: int, best_layer: int, reference: str = "eflomal") -> dict:
-    """An align.json as `mha align` writes it, every score different."""
-    rng = random.Random(7)
-
-    def methods() -> dict:
-        return {m: {"aer": round(rng.random(), 4), "precision": round(rng.random(), 4),
-                    "recall": round(rng.random(), 4)} for m in ("naive", "shift")}
-
-    return {"split": "test", "sentences": 12, "checkpoint": "best", "checkpoint_step": 5,
-            "reference": reference, "what": f"scores against {reference}", "sure_links": 40,
-            "possible_links": 40,
-            "layers": [{"layer": layer, "heads": [{"head": h, **methods()} for h in range(heads)],
-                        "mean": methods()} for layer in range(layers)],
-            "best": {"naive": {"layer": best_layer, "aer": 0.5}, "shift": None},
-            "best_layer": best_layer}
 
 
 @pytest.fixture(scope="module")

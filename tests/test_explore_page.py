@@ -31,6 +31,7 @@ from helpers import (
     show,
     state,
 )
+from stored_reports import without_text
 
 from mha.inference.explore import collect, page_html
 from mha.inference.heads import all_heads
@@ -209,15 +210,6 @@ def test_heads_are_coloured_by_importance_everywhere_they_are_listed(with_heads,
 
 def strokes(opened, selector: str) -> list[str]:
     return opened.page.locator(selector).evaluate_all("ls => ls.map(l => l.getAttribute('stroke'))")
-
-
-def without_text(record: dict) -> str:
-    def signed(value: float, digits: int) -> str:  # a minus sign, not a hyphen
-        return ("\u2212" if value < 0 else "+") + f"{abs(value):.{digits}f}"
-
-    return (f"without this head: val BLEU {record['val_bleu']:.2f} "
-            f"({signed(-record['bleu_drop'], 2)}), loss {record['val_loss']:.4f} "
-            f"({signed(record['loss_rise'], 4)})")
 
 
 def test_hiding_a_head_greys_its_lines_and_shows_its_stored_result(with_heads, open_page,

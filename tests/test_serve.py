@@ -57,24 +57,24 @@ def test_translations_are_mha_translates_with_their_scores(served, tiny_run, loa
                                                            caplog):
     model, tokenizer, cfg = loaded
     with caplog.at_level(logging.WARNING):
-        expected = cli(tiny_run, *(["--beam", str(beam)] if beam else []), *TEXTS)
+        expected = cli(tiny_run, *(["--beam", str(beam)] if beam else []), "--json", *TEXTS)
     status, answer = served.post("/translate", {"text": TEXTS} | ({"beam": beam} if beam else {}))
     assert status == 200, answer
-    assert [t["text"] for t in answer["translations"]] == expected
+    assert answer["translations"] == [json.loads(line) for line in expected]
     assert answer["beam"] == (beam or 1)
     warning = next(r.getMessage() for r in caplog.records if "does not know" in r.getMessage())
     assert answer["warnings"] == [warning.replace("the arguments", "the request")]
     alone = MhaEngine(model, tokenizer, cfg.decode)
     for text, item in zip(TEXTS, answer["translations"]):
         if not text:
-            assert item == {"text": "", "score": None, "tokens": 0}
+            assert item == {"text": "", "score": None, "log_prob": None}
             continue
         best = alone.decode(tokenizer.encode_src([text]), Search(beam=beam or 1))[0][0]
-        assert tokenizer.decode_tgt(best.ids) == item["text"] and item["tokens"] == len(best.ids)
-        assert item["score"] == pytest.approx(best.log_prob, abs=1e-3)  # translate --json's
+        assert tokenizer.decode_tgt(best.ids) == item["text"]
+        assert item["log_prob"] == pytest.approx(best.log_prob, abs=1e-3)
         steps = log_probabilities(model, tokenizer, text, best.ids)  # teacher-forced, and EOS
-        assert item["score"] == pytest.approx(sum(steps[:len(best.ids)]), abs=1e-3) or \
-            item["score"] == pytest.approx(sum(steps), abs=1e-3)  # ended at the cap, or with EOS
+        assert item["log_prob"] == pytest.approx(sum(steps[:len(best.ids)]), abs=1e-3) or \
+            item["log_prob"] == pytest.approx(sum(steps), abs=1e-3)  # ended at the cap, or EOS
 
 
 def test_explore_answers_the_json_mha_explore_embeds(served, tiny_run, tmp_path):
@@ -110,9 +110,12 @@ def test_concurrent_requests_share_a_batch_and_each_gets_its_own_answer(tiny_run
     assert [(status, a["translations"][0]["text"]) for status, a in answers] == [
         (200, line) for line in expected]
     stats = server.get("/stats")[1]
-    assert stats | {"calls": 0} == {"requests": 16, "sentences": 16, "batches": 1,
-                                    "largest_batch": 16, "calls": 0, "queued": 0,
-                                    "pending": 0, "window": 10.0, "max_batch": 16}
+    counts = ("requests", "sentences", "batches", "largest_batch", "queued", "pending", "window",
+              "max_batch")
+    assert {key: stats[key] for key in counts} == {
+        "requests": 16, "sentences": 16, "batches": 1, "largest_batch": 16, "queued": 0,
+        "pending": 0, "window": 10.0, "max_batch": 16}
+    assert stats["busy_seconds"] > 0
     assert stop_server(server) == 0
 
 
@@ -133,7 +136,7 @@ BAD = [  # (path, body, status, what the error names)
     ("/translate", {"text": ["x"], "beam": 0}, 422, "body.beam: Input should be greater"),
     ("/translate", {"text": ["x"], "beam": 17}, 422, "body.beam: Input should be less"),
     ("/translate", {"text": ["x"], "beam": "3"}, 422, "body.beam: Input should be a valid int"),
-    ("/translate", {"text": ["x"], "nbest": 2}, 422, "body.nbest: Extra inputs"),
+    ("/translate", {"text": ["x"], "n_best": 2}, 422, "body.n_best: Extra inputs"),
     ("/translation", {"text": ["x"]}, 404, "Not Found"),
 ]
 
@@ -216,6 +219,9 @@ def test_the_ctranslate2_engine_serves_the_exported_models_translations(run_copy
     status, answer = server.post("/translate", {"text": TEXTS})
     assert status == 200 and [t["text"] for t in answer["translations"]] == expected
     assert all(isinstance(t["score"], float) for t in answer["translations"][:-1])
+    for option in ("alignments", "sample"):  # one chosen layer's heads; one seed per model
+        status, answer = server.post("/translate", {"text": ["x"], option: True})
+        assert status == 422 and f"body.{option}: " in answer["error"], answer
     assert server.get("/info")[1]["engine"] == "ctranslate2"
     assert server.post("/explore", {"text": "x"})[0] == server.get("/")[0] == 501
     assert stop_server(server) == 0
