@@ -136,13 +136,13 @@ class Offline:
     just before and just after it. Rates by the clock, and by this thread's CPU time, which
     others' load disturbs far less."""
 
-    def __init__(self, run: Path, lines: list[str]) -> None:
+    def __init__(self, run: Path, lines: list[str], compile: bool) -> None:
         from mha.inference import translate
         from mha.inference.run import load_model
 
         model, tokenizer, cfg = load_model(run, device="cpu")
         self.engine, self.lines, self.batch_size = (translate.MhaEngine(
-            model, tokenizer, cfg.decode), lines, cfg.decode.batch_size)
+            model, tokenizer, cfg.decode, compile=compile), lines, cfg.decode.batch_size)
         self.translate = translate
         translate.translate_chunk(self.engine, lines[:8], batch_size=8, beam=1)  # warm-up
         self.rates: list[float] = []  # sentences/s, batched, in measuring order
@@ -210,6 +210,9 @@ def main() -> None:
     parser.add_argument("--bad-share", type=float, default=0.2)
     parser.add_argument("--latency-count", type=int, default=100)
     parser.add_argument("--serve-args", default="", help="more `mha serve` options, quoted")
+    parser.add_argument("--no-compile", dest="compile", action="store_false",
+                        help="eager greedy on both sides (default: compiled, as `mha serve` and "
+                             "`mha translate` on 1000+ lines decode)")
     args = parser.parse_args()
     import torch
 
@@ -219,12 +222,13 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     lines = (args.src_file.read_text(encoding="utf-8").splitlines() if args.src_file
              else list(load_prepared(args.run).splits["test"]["src"]))
-    offline = Offline(args.run, lines)
+    offline = Offline(args.run, lines, args.compile)
     expected = offline.batched()
     offline.batch_1(args.latency_count)
     most = max(int(n) for n in args.clients.split(","))
     ceiling = (most, *offline.unsorted(most))
-    process, port = start_server(args.run, args.threads, args.serve_args.split())
+    process, port = start_server(args.run, args.threads, args.serve_args.split()
+                                 + ([] if args.compile else ["--no-compile"]))
     try:
         while not get(port, "/health")["warm"]:
             time.sleep(0.1)

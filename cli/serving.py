@@ -6,11 +6,13 @@ import ipaddress
 import logging
 import signal
 import socket
+import sys
 from typing import Annotated
 
 import typer
 
 from mha.cli.app import command, fail
+from mha.cli.decoding import CompileOpt
 from mha.cli.engines import check_engine, open_engine
 from mha.cli.using import CheckpointOpt, DeviceOpt, EngineOpt, RunArg
 from mha.inference.batcher import PATIENCE
@@ -18,6 +20,15 @@ from mha.inference.batcher import PATIENCE
 log = logging.getLogger(__name__)
 
 DRAIN_SECONDS = 60  # after SIGINT/SIGTERM, in-flight requests get this long to finish
+
+WindowOpt = Annotated[float, typer.Option(
+    "--batch-window", min=0.0, max=10.0, help="Seconds a batch waits for more requests after its "
+    "first sentence (0: it takes what queued while the last batch decoded).")]
+PatienceOpt = Annotated[float, typer.Option(
+    "--patience", min=0.0, max=10.0, help="Once the model is free, how long to wait for the "
+    "clients the last batch answered to send again (on the same connection), in units of that "
+    "batch's decoding time; clients that did not come back last time are not waited for (0: "
+    "take what is queued at once).")]
 
 
 @command
@@ -32,24 +43,21 @@ def serve(
         "--max-sentences", min=1, help="Most sentences in one request (more: 413).")] = 64,
     max_chars: Annotated[int, typer.Option(
         "--max-chars", min=1, help="Most characters in one sentence (more: 413).")] = 1000,
-    batch_window: Annotated[float, typer.Option(
-        "--batch-window", min=0.0, max=10.0, help="Seconds a batch waits for more requests "
-        "after its first sentence (0: it takes what queued while the last batch decoded).")] = 0.0,
-    patience: Annotated[float, typer.Option(
-        "--patience", min=0.0, max=10.0, help="Once the model is free, how long to wait for the "
-        "clients the last batch answered to send again (on the same connection), in units of "
-        "that batch's decoding time; clients that did not come back last time are not waited "
-        "for (0: take what is queued at once).")] = PATIENCE,
+    batch_window: WindowOpt = 0.0,
+    patience: PatienceOpt = PATIENCE,
     max_batch: Annotated[int | None, typer.Option(
         "--max-batch", min=1, help="Most sentences in one batch (default: the run's "
         "decode.batch_size).", show_default=False)] = None,
     which: CheckpointOpt = "best",
     device: DeviceOpt = "auto",
     engine: EngineOpt = "mha",
+    compile: CompileOpt = None,
 ) -> None:
     """Serve a JSON API (POST /translate, /explore; GET /health, /info, /stats; docs at /docs)
     and the explore page in live mode at /. Concurrent requests are decoded in shared batches.
-    SIGINT or SIGTERM: stop accepting, finish the requests in flight, exit 0."""
+    SIGINT or SIGTERM: stop accepting, finish the requests in flight, exit 0. decode.compile
+    auto compiles greedy decoding for a server (it decodes lines without end), in the
+    background after the model loads: /health says warm once done."""
     check_engine(engine)
     try:
         import uvicorn
@@ -59,7 +67,8 @@ def serve(
     except ImportError as error:
         fail(f"mha serve needs {error.name}: pip install 'mha[serve]'")
     with _listen(host, port) as listening:  # a port in use fails before the model loads
-        translator, decode = open_engine(run_dir, engine, which, device)
+        translator, decode = open_engine(run_dir, engine, which, device, compile=compile,
+                                         lines=sys.maxsize)
         service = Service(translator, decode, run_dir=run_dir, which=which)
         app = create_app(service, Limits(max_sentences, max_chars), window=batch_window,
                          max_batch=max_batch or decode.batch_size, patience=patience)

@@ -142,8 +142,10 @@ class Service:
                          run_dir=self.run_dir, which=self.which, beam=beam, name=name)
 
     def warm_up(self) -> None:
-        """One translation before the first request's: the first call of a model is slow."""
-        self.translate(Decoding(Search(beam=self.decode.beam)), [(WARM_UP, "")])
+        """One translation before the first request's, with the run's beam and greedily: the
+        first call of a model is slow, and greedy's compiled decoder compiles then."""
+        for beam in sorted({self.decode.beam, 1}):
+            self.translate(Decoding(Search(beam=beam)), [(WARM_UP, "")])
         self.warm = True
 
     def info(self, limits: dict, batching: dict) -> dict:

@@ -264,14 +264,14 @@ class Served:
 
 
 def start_server(run: Path, folder: Path, *args: str) -> Served:
-    """`python -m mha.cli serve RUN --port 0` on one torch thread; returns once it prints its
-    address (the model is loaded; requests wait in the socket's backlog until it accepts)."""
+    """`mha serve RUN --port 0`, --no-compile unless args say --compile, one torch thread;
+    returns once it prints its address (the model is loaded; requests wait in the backlog)."""
     log = folder / f"serve{len(list(folder.glob('serve*.log')))}.log"
     with log.open("w") as stderr:
         process = subprocess.Popen(
             [sys.executable, "-m", "mha.cli", "serve", str(run), "--port", "0", "--device", "cpu",
-             *args], stdout=subprocess.PIPE, stderr=stderr, text=True,
-            env={**os.environ, "OMP_NUM_THREADS": "1"})
+             *args, "--compile" if "--compile" in args else "--no-compile"], text=True,
+            stdout=subprocess.PIPE, stderr=stderr, env={**os.environ, "OMP_NUM_THREADS": "1"})
     line = process.stdout.readline()  # "serving RUN at http://127.0.0.1:PORT/ ...", or EOF
     if " at http://" not in line:
         process.kill()
