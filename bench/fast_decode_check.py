@@ -44,9 +44,9 @@ def main() -> None:
     sources = encode_sources(tokenizer, lines, model.cfg.max_tokens)
     options = {"bos": Tokenizer.BOS, "eos": Tokenizer.EOS, "max_len_a": cfg.decode.max_len_a,
                "max_len_b": cfg.decode.max_len_b, "length_penalty": cfg.decode.length_penalty}
-    from mha.inference.fast_decode import compiled_greedy
+    from mha.inference.fast_decode import CompiledGreedy
 
-    fast, seconds = compiled_greedy(model, bos=Tokenizer.BOS, eos=Tokenizer.EOS)
+    fast = CompiledGreedy(model, bos=Tokenizer.BOS, eos=Tokenizer.EOS)  # as MhaEngine runs it
     eager_out, fast_out = {}, {}
     start = time.perf_counter()
     for batch in batches(sources, args.batch_size):
@@ -58,6 +58,7 @@ def main() -> None:
                                               fast_out[i].ids, Tokenizer.BOS) < args.margin]
     same = [i for i in eager_out if i not in differ]
     worst = max((abs(eager_out[i].log_prob - fast_out[i].log_prob) for i in same), default=0)
+    seconds = fast.compile_seconds
     print(f"{len(eager_out)} sentences (compiled in {seconds:.1f} s, decoded twice in "
           f"{time.perf_counter() - start:.1f} s): {len(differ)} outputs differ, {len(ties)} of "
           f"them where the two best logits lie within {args.margin:g}; {len(differ) - len(ties)} "

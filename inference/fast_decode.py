@@ -58,9 +58,42 @@ def fast_path_allows(model: torch.nn.Module) -> bool:
         for module in model.modules())
 
 
+# Batches of at least this many rows decode with the weights frozen into the graph: inductor then
+# packs every matmul's weights for oneDNN (`freezing`), whose matmuls beat MKL's on this AMD EPYC
+# from about 8 rows (measured, 1 thread, sentences/s unfrozen / frozen: batch 4: 331 / 275,
+# batch 8: 363 / 369, batch 16: 404 / 507, batch 64: 457 / 668; bench/decode_profile.py: at
+# batch 64 unfrozen, MKL's addmm and mm took 62% of the step). Smaller batches keep MKL.
+FROZEN_MIN_BATCH = 8
+
+
+class CompiledGreedy:
+    """StaticGreedy compiled, twice at most: for batches under FROZEN_MIN_BATCH rows and for the
+    rest with frozen weights, each compiled on its first batch. `compile_seconds` sums both."""
+
+    def __init__(self, model: Transformer, *, bos: int, eos: int) -> None:
+        self.model, self.bos, self.eos = model, bos, eos
+        self.decoders: dict[bool, StaticGreedy] = {}
+        self.compile_seconds = 0.0
+
+    @property
+    def steps(self) -> int:
+        return sum(decoder.steps for decoder in self.decoders.values())
+
+    def __call__(self, src_ids: torch.Tensor, **options) -> list:
+        frozen = src_ids.shape[0] >= FROZEN_MIN_BATCH
+        # inductor reads `freezing` from its config as it compiles, on a first or later call
+        with torch._inductor.config.patch(freezing=frozen):
+            if frozen not in self.decoders:
+                self.decoders[frozen], seconds = compiled_greedy(self.model, bos=self.bos,
+                                                                 eos=self.eos)
+                self.compile_seconds += seconds
+            return self.decoders[frozen](src_ids, **options)
+
+
 def compiled_greedy(model: Transformer, *, bos: int, eos: int) -> tuple[StaticGreedy, float]:
-    """StaticGreedy with its encoder and step compiled by inductor (C++ on the CPU, freezing the
-    weights into the graph), warmed up on a dummy batch; returns it and the seconds that took.
+    """StaticGreedy with its encoder and step compiled by inductor (C++ on the CPU; the weights
+    frozen into the graph under `torch._inductor.config.patch(freezing=True)`: CompiledGreedy),
+    warmed up on a dummy batch; returns it and the seconds that took.
 
     dynamic=True: one graph serves every batch size, source and output length (sizes 0 and 1
     would be compiled apart; StaticGreedy keeps every size at 2 or more). TORCH_LOGS=recompiles
@@ -71,7 +104,7 @@ def compiled_greedy(model: Transformer, *, bos: int, eos: int) -> tuple[StaticGr
     # constants of the graph, and eos and the model's settings never change for this decoder
     # (Tokenizer's special ids are fixed; fast_path_allows is checked before each batch).
     # Measured, batch 1, 1 thread, loaded 2-core EPYC, alternating: 0.54 -> 0.44 ms a step.
-    options = {"freezing": True, "cpp_wrapper": True,
+    options = {"cpp_wrapper": True,
                "guard_filter_fn": torch.compiler.keep_tensor_guards_unsafe}
     decoder = StaticGreedy(model, lambda f: torch.compile(f, dynamic=True, options=options))
     device = next(model.parameters()).device

@@ -24,7 +24,7 @@ import torch
 from mha.configs.schema import DecodeConfig
 from mha.data.batching import collate
 from mha.data.tokenizer import Tokenizer
-from mha.inference.fast_decode import compiled_greedy, fast_path_allows
+from mha.inference.fast_decode import CompiledGreedy, fast_path_allows
 from mha.inference.search import Search, Translation, encode_prefixes, split_prefixes
 from mha.model.decode import Hypothesis, beam_search, greedy, most_probable
 from mha.model.masks import padding_mask
@@ -66,7 +66,11 @@ class MhaEngine:
         self.model, self.tokenizer, self.decode_cfg = model, tokenizer, decode_cfg
         self.use_cache, self.on_step, self.max_tokens = use_cache, on_step, model.cfg.max_tokens
         self.sampler: Sampler | None = None  # seeded once, on the first batch that samples
-        self.compile, self.fast, self.compile_seconds = compile, None, 0.0
+        self.compile, self.fast = compile, None
+
+    @property
+    def compile_seconds(self) -> float:
+        return self.fast.compile_seconds if self.fast is not None else 0.0
 
     def decode(self, sources: list[list[int]], search: Search,
                prefixes: list[list[int]] | None = None) -> list[list[Hypothesis]]:
@@ -94,8 +98,7 @@ class MhaEngine:
                 and fast_path_allows(self.model)):
             return None
         if self.fast is None:
-            self.fast, self.compile_seconds = compiled_greedy(self.model, bos=Tokenizer.BOS,
-                                                              eos=Tokenizer.EOS)
+            self.fast = CompiledGreedy(self.model, bos=Tokenizer.BOS, eos=Tokenizer.EOS)
         return self.fast
 
     def _choice(self, search: Search, device: torch.device) -> Callable:

@@ -7,8 +7,13 @@ import pytest
 import torch
 
 from mha.configs.schema import ConfigError, DecodeConfig, load_config
-from mha.inference import translate
-from mha.inference.fast_decode import AUTO_MIN_LINES, compile_wanted, compiled_greedy
+from mha.inference import fast_decode, translate
+from mha.inference.fast_decode import (
+    AUTO_MIN_LINES,
+    FROZEN_MIN_BATCH,
+    CompiledGreedy,
+    compile_wanted,
+)
 from mha.inference.search import Search
 from mha.model.decode import greedy
 from mha.model.sample import Sampling
@@ -67,28 +72,30 @@ def test_static_greedy_pads_a_batch_of_one_and_a_one_token_source() -> None:
 
 
 def test_compiled_greedy_gives_greedys_hypotheses() -> None:
-    """The one compiled case (about a minute on a loaded 2-core CPU, less with a warm cache)."""
+    """The one compiled case, both graphs (a minute or two on a loaded 2-core CPU, less with a
+    warm cache): batches under FROZEN_MIN_BATCH rows, and at least that many, weights frozen."""
     model, src = make(6), varied_sources()
-    decoder, seconds = compiled_greedy(model, bos=BOS, eos=EOS)
-    assert seconds > 0
-    for batch in (src, src[:3], src[4:5]):  # other batch sizes reuse the one graph
+    decoder = CompiledGreedy(model, bos=BOS, eos=EOS)
+    for batch in (src[:3], src[4:5], src[:FROZEN_MIN_BATCH + 1], src):  # sizes share a graph
         assert_same(greedy(model, batch, **LIMITS), decoder(batch, **LIMITS))
+    assert decoder.decoders.keys() == {False, True} and decoder.compile_seconds > 0
 
 
 class Uncompiled:
-    """Stands in for compiled_greedy: StaticGreedy eager, so no test here waits on a compiler."""
+    """Stands in for compiled_greedy: StaticGreedy eager, so no test here waits on a compiler;
+    notes whether inductor's config said to freeze the weights when it was called."""
 
     def __init__(self) -> None:
-        self.calls = 0
+        self.frozen: list[bool] = []
 
     def __call__(self, model, *, bos: int, eos: int):
-        self.calls += 1
+        self.frozen.append(torch._inductor.config.freezing)
         return StaticGreedy(model), 0.5
 
 
 @pytest.fixture
 def engine(monkeypatch):
-    monkeypatch.setattr(translate, "compiled_greedy", Uncompiled())
+    monkeypatch.setattr(fast_decode, "compiled_greedy", Uncompiled())
     model = make(7, ending=False)
     model.cfg = model.cfg  # the engine reads max_tokens from it
     cfg = DecodeConfig(max_len_a=1.0, max_len_b=6)
@@ -99,8 +106,12 @@ def test_the_engine_compiles_plain_greedy_once(engine) -> None:
     ids = [[5, 6, 7, EOS], [8, EOS]]
     first = engine.decode(ids, Search())
     engine.decode(ids, Search())
-    assert engine.fast is not None and translate.compiled_greedy.calls == 1
+    assert engine.fast is not None and fast_decode.compiled_greedy.frozen == [False]
     assert engine.compile_seconds == 0.5
+    engine.decode(ids * FROZEN_MIN_BATCH, Search())  # a batch that big: frozen weights
+    engine.decode(ids * FROZEN_MIN_BATCH, Search())
+    assert fast_decode.compiled_greedy.frozen == [False, True] and engine.compile_seconds == 1.0
+    assert not torch._inductor.config.freezing  # only while compiling and decoding
     expected = greedy(engine.model, translate._padded(ids, PAD), bos=2, eos=3, max_len_a=1.0,
                       max_len_b=6)
     assert [nbest[0].ids for nbest in first] == [h.ids for h in expected]
