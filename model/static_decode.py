@@ -7,8 +7,8 @@ What differs from `greedy`:
 - The self-attention cache is preallocated, (B, H, T, Dk) per layer for T = the batch's longest
   output, and each step writes its K and V in place at position `pos` (a tensor, so one compiled
   step serves every position); attention reads all T slots, the ones not yet written masked.
-- Encoder-decoder attention's K and V come from one matmul of the memory by every layer's W_K
-  and W_V stacked, once per batch.
+- Encoder-decoder attention's K and V come from one matmul of the memory per layer (W_K and
+  W_V stacked), once per batch.
 - The step ends at the chosen token: argmax of the logits, and its log-probability as its logit
   minus their logsumexp, never a log_softmax over the whole vocabulary.
 - Finished rows stay in the batch, masked (they feed padding and add nothing), until a quarter or
@@ -66,16 +66,9 @@ class StaticGreedy:
                  compile: Callable[[Callable], Callable] = lambda f: f) -> None:
         self.model = model
         layers = model.decoder
-        with torch.no_grad():
-            self.qkv_weight = [torch.cat([layer.self_attn.w_q.weight, layer.self_attn.w_k.weight,
-                                          layer.self_attn.w_v.weight]) for layer in layers]
-            self.qkv_bias = [torch.cat([layer.self_attn.w_q.bias, layer.self_attn.w_k.bias,
-                                        layer.self_attn.w_v.bias]) for layer in layers]
-            self.kv_weight = torch.cat([torch.cat([layer.cross_attn.w_k.weight,
-                                                   layer.cross_attn.w_v.weight])
-                                        for layer in layers])  # (L * 2D, D)
-            self.kv_bias = torch.cat([torch.cat([layer.cross_attn.w_k.bias,
-                                                 layer.cross_attn.w_v.bias]) for layer in layers])
+        with torch.no_grad():  # (3D, D) and (3D,) per layer; cross: (2D, D) and (2D,)
+            self.qkv = [_stacked(layer.self_attn, ("w_q", "w_k", "w_v")) for layer in layers]
+            self.cross_kv = [_stacked(layer.cross_attn, ("w_k", "w_v")) for layer in layers]
             self.positions = model.positions(model.cfg.max_positions, 0)  # (P, D)
         self.step = compile(self._step)
         self.encode = compile(self._encode)
@@ -90,7 +83,8 @@ class StaticGreedy:
         B, S, _ = memory.shape
         attention = model.decoder[0].cross_attn
         H, Dk = attention.num_heads, attention.d_k
-        kv = F.linear(memory, self.kv_weight, self.kv_bias)  # (B, S, L * 2D)
+        kv = torch.cat([F.linear(memory, weight, bias) for weight, bias in self.cross_kv],
+                       dim=-1)  # (B, S, L * 2D)
         kv = kv.view(B, S, len(model.decoder), 2, H, Dk).permute(2, 3, 0, 4, 1, 5)
         return kv.contiguous(), ~src_pad_mask[:, None, None, :], src_pad_mask  # (L, 2, B, H, S, Dk)
 
@@ -118,7 +112,7 @@ class StaticGreedy:
                         seen: Tensor) -> Tensor:
         attention = self.model.decoder[i].self_attn
         B, H, Dk = h.shape[0], attention.num_heads, attention.d_k
-        qkv = F.linear(h, self.qkv_weight[i], self.qkv_bias[i])  # (B, 1, 3D)
+        qkv = F.linear(h, *self.qkv[i])  # (B, 1, 3D)
         q, k, v = qkv.view(B, 1, 3, H, Dk).permute(2, 0, 3, 1, 4)  # (B, H, 1, Dk) each
         state.self_k[i].index_copy_(2, pos, k)  # (B, H, T, Dk)
         state.self_v[i].index_copy_(2, pos, v)
@@ -193,3 +187,12 @@ class StaticGreedy:
                                            state.length[done].tolist()):
             outputs[row] = Hypothesis(total / length ** length_penalty, total,
                                       _strip(ids, eos, self.model.pad_id))
+
+
+def _stacked(attention, names: tuple[str, ...]) -> tuple[Tensor, Tensor]:
+    """The weights and biases of `names` (W_Q, W_K, W_V) stacked for one matmul: those that
+    mha.model.fused's FusedAttention holds (int8 there, if quantized), else stacked here."""
+    if getattr(attention, "weight", None) is not None:
+        return attention.weight, attention.bias
+    return (torch.cat([getattr(attention, name).weight for name in names]),
+            torch.cat([getattr(attention, name).bias for name in names]))
