@@ -1,6 +1,7 @@
 """Where a compiled greedy decoder step's time goes: torch.profiler's table of the operators.
 
-The step is compiled as `mha eval` compiles it (inference/fast_decode.py), except that inductor
+The step is compiled as `mha eval` compiles it (inference/fast_decode.py: the weights frozen
+from FROZEN_MIN_BATCH rows), except that inductor
 is asked to name its generated kernels in the profile and to call them from Python (no C++
 wrapper), so matmuls (aten::addmm, aten::bmm) and fused kernels (cpp_fused_...) show as rows.
 Decodes the run's first --sentences test sentences at --batch, one torch thread.
@@ -18,7 +19,7 @@ from torch.profiler import ProfilerActivity, profile
 
 from mha.data.prepare import load_prepared
 from mha.data.tokenizer import Tokenizer
-from mha.inference.fast_decode import CACHE_DIR
+from mha.inference.fast_decode import CACHE_DIR, FROZEN_MIN_BATCH
 from mha.inference.run import load_model
 from mha.inference.translate import _padded
 from mha.model.static_decode import StaticGreedy
@@ -36,8 +37,8 @@ def main() -> None:
 
     os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(CACHE_DIR))
     model, tokenizer, _ = load_model(args.run, "best", "cpu", fused=False)
-    options = {"freezing": True, "cpp.enable_kernel_profile": True,
-               "guard_filter_fn": torch.compiler.keep_tensor_guards_unsafe}
+    options = {"cpp.enable_kernel_profile": True}
+    torch._inductor.config.freezing = args.batch >= FROZEN_MIN_BATCH  # as CompiledGreedy does
     decoder = StaticGreedy(model, lambda f: torch.compile(f, dynamic=True, options=options))
     lines = list(load_prepared(args.run).splits["test"]["src"])[:args.sentences]
     ids = sorted(tokenizer.encode_src(lines), key=len)

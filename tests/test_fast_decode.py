@@ -73,12 +73,15 @@ def test_static_greedy_pads_a_batch_of_one_and_a_one_token_source() -> None:
 
 def test_compiled_greedy_gives_greedys_hypotheses() -> None:
     """The one compiled case, both graphs (a minute or two on a loaded 2-core CPU, less with a
-    warm cache): batches under FROZEN_MIN_BATCH rows, and at least that many, weights frozen."""
-    model, src = make(6), varied_sources()
-    decoder = CompiledGreedy(model, bos=BOS, eos=EOS)
-    for batch in (src[:3], src[4:5], src[:FROZEN_MIN_BATCH + 1], src):  # sizes share a graph
-        assert_same(greedy(model, batch, **LIMITS), decoder(batch, **LIMITS))
-    assert decoder.decoders.keys() == {False, True} and decoder.compile_seconds > 0
+    warm cache): batches of FROZEN_MIN_BATCH rows or more, weights frozen, and, for another
+    model, fewer: each decoder runs its own model's graph, not the first one's frozen weights."""
+    src = varied_sources()
+    for model, batches in ((make(8), (src[:FROZEN_MIN_BATCH + 1], src)),  # sizes share a graph
+                           (make(6), (src[:3], src[4:5]))):
+        decoder = CompiledGreedy(model, bos=BOS, eos=EOS)
+        for batch in batches:
+            assert_same(greedy(model, batch, **LIMITS), decoder(batch, **LIMITS))
+        assert len(decoder.decoders) == 1 and decoder.compile_seconds > 0
 
 
 class Uncompiled:
