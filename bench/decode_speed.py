@@ -60,7 +60,7 @@ def child(args: argparse.Namespace) -> None:
     """One case: load, warm up, decode, print a JSON line with time and memory."""
     import torch
 
-    from mha.inference.fast_decode import AUTO_MIN_LINES, compile_wanted
+    from mha.inference.fast_decode import AUTO_MIN_LINES, FROZEN_MIN_BATCH, compile_wanted
     from mha.inference.run import load_model
     from mha.inference.translate import MhaEngine, translate_lines
 
@@ -73,7 +73,8 @@ def child(args: argparse.Namespace) -> None:
     compile = compile_wanted(cfg.decode.compile if args.compile else "false", AUTO_MIN_LINES)
     engine = MhaEngine(model, tokenizer, cfg.decode, use_cache=args.use_cache, compile=compile)
     options = {"batch_size": args.batch, "beam": args.beam}
-    list(translate_lines(engine, lines[:2], **options))  # warm-up: first-call costs, compiling
+    warm_up = lines[:min(args.batch, FROZEN_MIN_BATCH)]  # compiled: the decoder this batch
+    list(translate_lines(engine, warm_up, **options))  # size takes; first-call costs
     steps = [0]  # decoder steps: the final LayerNorm (or Identity) runs once a step
     if engine.fast is None:  # a hook would send the compiled path back to eager: it counts
         model.decoder_norm.register_forward_hook(lambda *_: steps.__setitem__(0, steps[0] + 1))

@@ -144,7 +144,8 @@ class Offline:
         self.engine, self.lines, self.batch_size = (translate.MhaEngine(
             model, tokenizer, cfg.decode, compile=compile), lines, cfg.decode.batch_size)
         self.translate = translate
-        translate.translate_chunk(self.engine, lines[:8], batch_size=8, beam=1)  # warm-up
+        for size in (8, 1):  # warm-up; compiled: both decoders (inference/fast_decode.py)
+            translate.translate_chunk(self.engine, lines[:size], batch_size=size, beam=1)
         self.rates: list[float] = []  # sentences/s, batched, in measuring order
         self.cpu_rates: list[float] = []  # the same per CPU second
         self.latencies: list[float] = []  # seconds, batch 1

@@ -22,6 +22,7 @@ from mha.configs.schema import DecodeConfig, to_dict
 from mha.inference import checkpoint
 from mha.inference.explore import add_run_data, page_data, page_html
 from mha.inference.explore_align import add_links, links_layer
+from mha.inference.fast_decode import FROZEN_MIN_BATCH
 from mha.inference.search import Search, json_object, split_prefixes
 from mha.inference.serve_requests import TranslateRequest
 from mha.inference.translate import Engine, MhaEngine, decode_chunk
@@ -142,10 +143,11 @@ class Service:
                          run_dir=self.run_dir, which=self.which, beam=beam, name=name)
 
     def warm_up(self) -> None:
-        """One translation before the first request's, with the run's beam and greedily: the
-        first call of a model is slow, and greedy's compiled decoder compiles then."""
-        for beam in sorted({self.decode.beam, 1}):
-            self.translate(Decoding(Search(beam=beam)), [(WARM_UP, "")])
+        """Translations before the first request's, with the run's beam and greedily, of one
+        sentence and of FROZEN_MIN_BATCH: the first call of a model is slow, and greedy's
+        compiled decoders (inference/fast_decode.py: small batches, and frozen) compile then."""
+        for beam, rows in sorted({(self.decode.beam, 1), (1, 1), (1, FROZEN_MIN_BATCH)}):
+            self.translate(Decoding(Search(beam=beam)), [(WARM_UP, "")] * rows)
         self.warm = True
 
     def info(self, limits: dict, batching: dict) -> dict:
