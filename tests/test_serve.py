@@ -179,6 +179,7 @@ def test_a_client_that_leaves_mid_request_does_not_stop_the_server(served):
 
 def test_health_info_and_the_openapi_schema(served, tiny_run, loaded):
     _, tokenizer, cfg = loaded
+    served.post("/translate", {"text": SENTENCES[:1]})  # answered after the warm-up: one thread
     assert served.get("/health") == (200, {"status": "ready", "warm": True})
     status, info = served.get("/info")
     assert status == 200 and info["run"] == str(tiny_run) and info["engine"] == "mha"
