@@ -102,16 +102,13 @@ def settings(**changes: object) -> TrainConfig:
     return dataclasses.replace(Config().train, **changes)
 
 
-def test_auto_compiles_long_single_process_runs_only(monkeypatch) -> None:
-    monkeypatch.setattr("shutil.which", lambda name: f"/usr/bin/{name}")
-    assert compile_decision(settings(), 1)[0]  # the 40-minute preset
-    assert not compile_decision(settings(max_time="4.5m"), 1)[0]  # quick
-    assert not compile_decision(load_config("tiny").train, 1)[0]  # 60 steps, no max_time
-    assert compile_decision(settings(max_time=None, max_steps=5000), 1)[0]
-    assert not compile_decision(settings(), 2)[0]  # torchrun: eager
-    assert not compile_decision(settings(), 1, "fp32")[0]  # measured no faster in fp32
+def test_auto_does_not_compile_and_true_is_refused_under_torchrun() -> None:
+    """auto: off wherever it was measured (the compiled update was no faster on a quiet CPU)."""
+    for planned in (settings(), settings(max_time=None, max_steps=50_000),
+                    load_config("tiny").train):
+        assert not compile_decision(planned, 1)[0] and not compile_decision(planned, 1, "fp32")[0]
+        assert not compile_decision(planned, 2)[0]
+    assert compile_decision(settings(compile="true"), 1) == (True, "true")
     assert compile_decision(settings(compile="false", max_time="2h"), 1) == (False, "false")
     with pytest.raises(ConfigError, match="not supported under torchrun"):
         compile_decision(settings(compile="true"), 2)
-    monkeypatch.setattr("shutil.which", lambda name: None)
-    assert not compile_decision(settings(), 1)[0]  # auto without a C++ compiler

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import shutil
 import time
 from collections.abc import Callable
 
@@ -31,19 +30,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mha.configs.schema import ConfigError, TrainConfig, parse_duration
+from mha.configs.schema import ConfigError, TrainConfig
 from mha.data.tokenizer import Tokenizer
 from mha.model.masks import padding_mask
 from mha.model.transformer import Transformer
 from mha.training.loss import summed_loss
 
 log = logging.getLogger(__name__)
-
-# `auto` compiles a run planned for at least this long: compiling costs about a minute (1-3
-# minutes on a loaded 2-core CPU) and pays back within minutes at the measured gains.
-AUTO_MIN_SECONDS = 15 * 60
-AUTO_MIN_STEPS = 3000  # a run with no time budget: this many updates
-
 
 class TokenLoss(nn.Module):
     """The summed label-smoothed cross-entropy of a batch, as summed_loss gives it."""
@@ -101,12 +94,11 @@ def compile_decision(settings: TrainConfig, world_size: int,
                      precision: str = "bf16") -> tuple[bool, str]:
     """Whether to compile the training step, and why.
 
-    true compiles (ConfigError under torchrun); false does not; auto compiles a single-process
-    run in bf16 or fp16 (`precision`, as decided) on a machine with a C++ compiler whose budget
-    (train.max_time, or train.max_steps without one) is long enough for the compile time to pay
-    back: not tests, tiny or smoke runs. Not fp32: measured on a loaded 2-core Zen 5, the
-    compiled fp32 update was 0.95x (preset) and 0.69x (reference size) as fast as eager, the
-    bf16 one 1.31x and 1.15x (bench/train_speed.py, side by side).
+    true compiles (ConfigError under torchrun); false does not; auto does not, as measured side
+    by side (bench/train_speed.py, quiet 2-core Zen 5 with AVX512-BF16, 2 threads): the compiled
+    update was 0.78x as fast as eager in bf16 at both sizes, 1.08x (preset) and 0.98x (reference)
+    in fp32. On a loaded machine it was faster in bf16 (1.31x, 1.15x): eager's many small ops
+    suffer more from others' load.
     """
     choice = settings.compile
     if world_size > 1:
@@ -121,15 +113,5 @@ def compile_decision(settings: TrainConfig, world_size: int,
 
 
 def _auto(settings: TrainConfig, precision: str) -> tuple[bool, str]:
-    if precision == "fp32":
-        return False, "auto: off in fp32 (the compiled fp32 step measured no faster)"
-    if not any(shutil.which(cc) for cc in ("c++", "g++", "clang++")):
-        return False, "auto: off, no C++ compiler for inductor's CPU code"
-    if settings.max_time:
-        seconds = parse_duration(settings.max_time)
-        long = seconds >= AUTO_MIN_SECONDS
-        return long, (f"auto: {'on' if long else 'off'}, train.max_time {settings.max_time} "
-                      f"({'at least' if long else 'under'} {AUTO_MIN_SECONDS // 60} minutes)")
-    long = settings.max_steps >= AUTO_MIN_STEPS
-    return long, (f"auto: {'on' if long else 'off'}, train.max_steps {settings.max_steps} "
-                  f"({'at least' if long else 'under'} {AUTO_MIN_STEPS}) and no train.max_time")
+    return False, ("auto: off (on a quiet 2-core Zen 5 the compiled update measured slower than "
+                   "eager in bf16, 0.78x, and level in fp32, 0.98-1.08x: bench/train_speed.py)")
