@@ -16,11 +16,13 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import time
 from pathlib import Path
 
 import torch
 
+from mha.configs.schema import ConfigError
 from mha.model.attention import MultiHeadAttention
 from mha.model.static_decode import StaticGreedy
 from mha.model.transformer import Transformer
@@ -39,9 +41,15 @@ CACHE_DIR = Path.home() / ".cache" / "mha" / "inductor"
 
 def compile_wanted(setting: str | bool, lines: int | None) -> bool:
     """setting: True/False (--compile/--no-compile) or the config's "auto", "true", "false";
-    lines: how many input lines (None: not known, e.g. stdin)."""
+    lines: how many input lines (None: not known, e.g. stdin). auto also needs a C++ compiler;
+    true without one is a ConfigError."""
+    compiler = shutil.which(os.environ.get("CXX", "g++"))  # inductor's C++ compiler on the CPU
     if setting in ("auto", None):
-        return lines is not None and lines >= AUTO_MIN_LINES
+        return lines is not None and lines >= AUTO_MIN_LINES and compiler is not None
+    if setting in (True, "true") and compiler is None:
+        raise ConfigError(f"--compile (decode.compile true) needs a C++ compiler for "
+                          f"torch.compile: {os.environ.get('CXX', 'g++')} was not found; install "
+                          f"g++ or decode with --no-compile")
     return setting in (True, "true")
 
 

@@ -155,3 +155,10 @@ def test_a_bad_decode_compile_is_one_clear_line(bad: str) -> None:
     message = str(error.value)
     assert "decode.compile must be one of auto, true, false, got" in message
     assert "\n" not in message
+
+
+def test_compiling_needs_a_cpp_compiler(monkeypatch) -> None:
+    monkeypatch.setattr("shutil.which", lambda name: None)
+    assert not compile_wanted("auto", AUTO_MIN_LINES)  # eager, as without the lines
+    with pytest.raises(ConfigError, match="needs a C\\+\\+ compiler .* --no-compile"):
+        compile_wanted(True, 1)
