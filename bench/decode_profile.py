@@ -19,10 +19,9 @@ from torch.profiler import ProfilerActivity, profile
 
 from mha.data.prepare import load_prepared
 from mha.data.tokenizer import Tokenizer
-from mha.inference.fast_decode import CACHE_DIR, FROZEN_MIN_BATCH
+from mha.inference.fast_decode import FROZEN_MIN_BATCH, compiled_greedy
 from mha.inference.run import load_model
 from mha.inference.translate import _padded
-from mha.model.static_decode import StaticGreedy
 
 
 def main() -> None:
@@ -33,18 +32,14 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=15)
     args = parser.parse_args()
     torch.set_num_threads(1)
-    import os
-
-    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(CACHE_DIR))
     model, tokenizer, _ = load_model(args.run, "best", "cpu", fused=False)
-    options = {"cpp.enable_kernel_profile": True}
     torch._inductor.config.freezing = args.batch >= FROZEN_MIN_BATCH  # as CompiledGreedy does
-    decoder = StaticGreedy(model, lambda f: torch.compile(f, dynamic=True, options=options))
+    decoder, _ = compiled_greedy(model, bos=Tokenizer.BOS, eos=Tokenizer.EOS, cpp_wrapper=False,
+                                 **{"cpp.enable_kernel_profile": True})
     lines = list(load_prepared(args.run).splits["test"]["src"])[:args.sentences]
     ids = sorted(tokenizer.encode_src(lines), key=len)
     batches = [_padded(ids[i:i + args.batch], model.pad_id)
                for i in range(0, len(ids), args.batch)]
-    decoder(torch.full((5, 7), Tokenizer.EOS), bos=Tokenizer.BOS, eos=Tokenizer.EOS)
     for batch in batches[:3]:  # warm-up
         decoder(batch, bos=Tokenizer.BOS, eos=Tokenizer.EOS)
     decoder.steps = 0
