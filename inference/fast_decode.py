@@ -1,8 +1,8 @@
 """When mha decodes greedily with the compiled static-cache step (model/static_decode.py), and
 how it compiles it.
 
-`decode.compile` (config) or `--compile/--no-compile` (translate, eval): true, false, or auto,
-which compiles when the number of input lines is known and at least AUTO_MIN_LINES. Compiling
+`decode.compile` (config) or `--compile/--no-compile` (translate, eval, serve): true, false, or
+auto, which compiles when the number of input lines is known and at least AUTO_MIN_LINES. Compiling
 costs once per process (measured below); the per-sentence gain repays it only over many lines.
 Plain greedy decoding alone takes the compiled path; these run eager whatever the setting: beam
 search and n-best, sampling, forced prefixes, ensembles, --no-cache, --attention, --alignments,
@@ -31,12 +31,13 @@ from mha.model.transformer import Transformer
 log = logging.getLogger(__name__)
 _serials = itertools.count()  # each compiled decoder's key
 
-# Measured on the en-de preset run (4+4 layers, d_model 128), 1 thread, loaded 2-core AMD EPYC
-# (README, "Compiled greedy"): compiling took 20-24 s with the cache warm (60-110 s cold); the
-# compiled step saved ~9.9 ms a sentence at batch 1 (52 -> 108 sentences/s) and ~0.33 ms at
-# batch 64 (515 -> 620). So a warm compile repays itself after ~2,200 sentences at batch 1 and
-# ~67,000 at batch 64: within one `mha eval` of 1,000 it does not, but the issue's default path
-# for that eval is the compiled one (steady state, compiling reported apart), hence 1,000.
+# Measured on the en-de preset run (4+4 layers, d_model 128), 1 thread, quiet 2-core AMD EPYC
+# (README, "Compiled greedy"): compiling took 15-29 s a process with inductor's cache warm (a
+# minute or two cold); the compiled step saved ~3.1 ms a sentence at batch 1 (82 -> 110
+# sentences/s) and ~0.72 ms at batch 64 (519 -> 827). So a warm compile repays itself after
+# ~8,000 sentences at batch 1 and ~35,000 at batch 64: within one `mha eval` of 1,000 it does
+# not, but the issue's default path for that eval is the compiled one (steady state, compiling
+# reported apart), hence 1,000; a server (`mha serve`) decodes without end and compiles.
 AUTO_MIN_LINES = 1000
 
 
