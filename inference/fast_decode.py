@@ -94,27 +94,29 @@ class CompiledGreedy:
         # inductor reads `freezing` from its config as it compiles, on a first or later call
         with torch._inductor.config.patch(freezing=frozen):
             if frozen not in self.decoders:
-                self.decoders[frozen], seconds = compiled_greedy(self.model, bos=self.bos,
-                                                                 eos=self.eos)
+                self.decoders[frozen], seconds = compiled_greedy(
+                    self.model, bos=self.bos, eos=self.eos, warm_rows=(9,) if frozen else (5, 1))
                 self.compile_seconds += seconds
             return self.decoders[frozen](src_ids, **options)
 
 
-def compiled_greedy(model: Transformer, *, bos: int, eos: int,
+def compiled_greedy(model: Transformer, *, bos: int, eos: int, warm_rows: tuple[int, ...] = (5, 1),
                     **options: object) -> tuple[StaticGreedy, float]:
     """StaticGreedy with its encoder and step compiled by inductor (C++ on the CPU; the weights
     frozen into the graph under `torch._inductor.config.patch(freezing=True)`: CompiledGreedy),
-    warmed up on a dummy batch; returns it and the seconds that took.
+    warmed up on dummy batches of `warm_rows` rows (a batch of 1 has a graph of its own; the
+    frozen decoder never meets one: it takes 8+ rows and keeps 2+); returns it and the seconds.
 
-    dynamic=True: one graph serves every batch size, source and output length (sizes 0 and 1
-    would be compiled apart; StaticGreedy keeps every size at 2 or more). TORCH_LOGS=recompiles
-    shows none after the warm-up."""
+    dynamic=True: one graph serves every batch size of 2 or more, source and output length
+    (sizes 0 and 1 are compiled apart: StaticGreedy keeps sources and caches at 2 or more, and a
+    batch of 1 gets its graph in the warm-up). TORCH_LOGS=recompiles shows none after it."""
     options = {"cpp_wrapper": True, "guard_filter_fn": _guards, **options}  # `options`: inductor's
     decoder = _KeyedGreedy(model, lambda f: torch.compile(f, dynamic=True, options=options))
     device = next(model.parameters()).device
     start = time.perf_counter()
-    decoder(torch.full((5, 7), eos, device=device), bos=bos, eos=eos)  # sizes that no other
-    # size of the step equals: torch would assume that equality ever after ("duck sizing")
+    for rows in warm_rows:  # (rows, 7): sizes that no other size of the step equals: torch
+        # would assume that equality ever after ("duck sizing"); 1 row: a graph of its own
+        decoder(torch.full((rows, 7), eos, device=device), bos=bos, eos=eos)
     seconds = time.perf_counter() - start
     log.info("compiled greedy decoding in %.1f s (once a process; kernels cached in %s)",
              seconds, os.environ.get("TORCHINDUCTOR_CACHE_DIR", "torch's cache folder"))

@@ -65,7 +65,7 @@ def test_static_greedy_stops_at_the_length_limit() -> None:
     assert_same(expected, StaticGreedy(model)(src, **limits))
 
 
-def test_static_greedy_pads_a_batch_of_one_and_a_one_token_source() -> None:
+def test_static_greedy_decodes_a_batch_of_one_and_a_one_token_source() -> None:
     model, src = ending(4, 0.6), varied_sources()
     for one in (src[:1], src[7:8, :1], src[:, :1]):
         assert_same(greedy(model, one, **LIMITS), StaticGreedy(model)(one, **LIMITS))
@@ -91,7 +91,7 @@ class Uncompiled:
     def __init__(self) -> None:
         self.frozen: list[bool] = []
 
-    def __call__(self, model, *, bos: int, eos: int):
+    def __call__(self, model, *, bos: int, eos: int, warm_rows: tuple[int, ...]):
         self.frozen.append(torch._inductor.config.freezing)
         return StaticGreedy(model), 0.5
 
