@@ -79,7 +79,8 @@ class Trainer:
                  source: Source | None = None) -> None:
         self.cfg, self.settings, self.dist = cfg, cfg.train, dist
         self.device = self._setup_device()
-        compile_decision(cfg.train, dist.world_size)  # a refusal comes before any write
+        # a refusal comes before any write
+        self.compiled, self.compile_why = compile_decision(cfg.train, dist.world_size)
         self.keeper = Keeper(Path(cfg.run_dir), self.settings.average_last, self._state)
         saved = saved_state(self.keeper.last, cfg, resume)  # refusals come before any write
         if dist.is_main:  # before anything writes
@@ -97,8 +98,6 @@ class Trainer:
         self.autocast = decide_precision(self.settings, self.progress, self.model, self.train_set,
                                          self.batches, self.device, dist)
         self.ddp_model = dist.wrap(RealTokenLogits(self.model))  # DDP runs the whole forward
-        self.compiled, self.compile_why = compile_decision(cfg.train, dist.world_size,
-                                                           self.progress.precision)
         self.loss = training_loss(self.ddp_model, self.model, self.settings, self.compiled)
         budget = self.settings.max_time
         self.max_time, self.monitor = parse_duration(budget) if budget else math.inf, None
