@@ -142,10 +142,10 @@ class _KeyedGreedy(StaticGreedy):
             raise ValueError("a decoder without a key")
         return super()._encode(src_ids)
 
-    def _step(self, state, pos: torch.Tensor, eos: int) -> None:
+    def _step(self, state, eos: int) -> None:
         if not self.key:
             raise ValueError("a decoder without a key")
-        return super()._step(state, pos, eos)
+        return super()._step(state, eos)
 
 
 def _guards(entries) -> list[bool]:

@@ -4,9 +4,12 @@ gives the same hypotheses (tests/test_fast_decode.py) and is switched on by the 
 it (inference/fast_decode.py decides when compiling pays).
 
 What differs from `greedy`:
-- The self-attention cache is preallocated, (B, H, T, Dk) per layer for T = the batch's longest
-  output, and each step writes its K and V in place at position `pos` (a tensor, so one compiled
-  step serves every position); attention reads all T slots, the ones not yet written masked.
+- The self-attention cache is preallocated, (B, H, T, Dk) per layer for T = one past the batch's
+  longest output, and each step writes each row's K and V in place at that row's position `pos`
+  (a tensor, so one compiled step serves every position, and rows may be at different positions:
+  model/stream_decode.py lets sentences join a running batch); attention reads all T slots, those
+  a row has not yet written masked. A finished row stays where it ended, writing padding one past
+  its last token (the spare slot) until it leaves.
 - Encoder-decoder attention's K and V come from one matmul of the memory per layer (W_K and
   W_V stacked), once per batch.
 - The step ends at the chosen token: argmax of the logits, and its log-probability as its logit
@@ -45,6 +48,7 @@ class StaticState:
     length: Tensor  # (B,) tokens chosen so far, EOS included
     done: Tensor  # (B,) bool: ended (EOS or its length limit)
     limits: Tensor  # (B,) most tokens
+    pos: Tensor  # (B,) where each row writes this step: its tokens so far, stopped once done
     out: Tensor  # (B, T) the chosen tokens
     rows: Tensor  # (B,) each row's sentence in the input batch
 
@@ -88,13 +92,14 @@ class StaticGreedy:
         kv = kv.view(B, S, len(model.decoder), 2, H, Dk).permute(2, 3, 0, 4, 1, 5)
         return kv.contiguous(), ~src_pad_mask[:, None, None, :], src_pad_mask  # (L, 2, B, H, S, Dk)
 
-    def _step(self, state: StaticState, pos: Tensor, eos: int) -> None:
-        """One token for every row: pos (1,) the position written; updates `state` in place."""
-        model = self.model
+    def _step(self, state: StaticState, eos: int) -> None:
+        """One token for every row, at its position state.pos; updates `state` in place."""
+        model, pos = self.model, state.pos
         x = model.tgt_embed(state.tokens) * model.scale + self.positions[pos]  # (B, D)
         x = x[:, None]  # (B, 1, D)
-        T = state.out.shape[1]
-        seen = (torch.arange(T, device=pos.device) <= pos)[None, None, None]  # (1, 1, 1, T)
+        B, T = state.out.shape
+        seen = torch.arange(T, device=pos.device) <= pos[:, None]  # (B, T)
+        seen = seen[:, None, None]  # (B, 1, 1, T)
         for i, layer in enumerate(model.decoder):
             x = layer.self_block(x, lambda h, i=i: self._self_attention(i, h, state, pos, seen))
             x = layer.cross_block(x, lambda h, i=i: self._cross_attention(i, h, state))
@@ -105,8 +110,9 @@ class StaticGreedy:
         state.log_prob.add_(torch.where(live, chosen_log_probs(logits, chosen), 0.0))
         state.length.add_(live.long())
         state.tokens.copy_(torch.where(live, chosen, model.pad_id))
-        state.out.index_copy_(1, pos, state.tokens[:, None])
+        state.out.scatter_(1, pos[:, None], state.tokens[:, None])  # (B, T)
         state.done.copy_(state.done | chosen.eq(eos) | (state.limits <= pos + 1))
+        pos.add_(live.long())
 
     def _self_attention(self, i: int, h: Tensor, state: StaticState, pos: Tensor,
                         seen: Tensor) -> Tensor:
@@ -114,8 +120,9 @@ class StaticGreedy:
         B, H, Dk = h.shape[0], attention.num_heads, attention.d_k
         qkv = F.linear(h, *self.qkv[i])  # (B, 1, 3D)
         q, k, v = qkv.view(B, 1, 3, H, Dk).permute(2, 0, 3, 1, 4)  # (B, H, 1, Dk) each
-        state.self_k[i].index_copy_(2, pos, k)  # (B, H, T, Dk)
-        state.self_v[i].index_copy_(2, pos, v)
+        rows = torch.arange(B, device=pos.device)
+        state.self_k[i][rows, :, pos] = k[:, :, 0]  # (B, H, Dk) into (B, H, T, Dk)
+        state.self_v[i][rows, :, pos] = v[:, :, 0]
         return self._attend(attention, q, state.self_k[i], state.self_v[i], seen)
 
     def _cross_attention(self, i: int, h: Tensor, state: StaticState) -> Tensor:
@@ -149,24 +156,11 @@ class StaticGreedy:
         # (B, S >= 2), made here under inference_mode whatever came in: a tensor made outside it
         # has other dispatch keys, which would compile a graph of their own
         src_ids = src_ids.clone()
-        B = src_ids.shape[0]
-        kv, src_keep, src_pad_mask = self.encode(src_ids)
-        limits = length_limits(src_pad_mask, max_len_a, max_len_b, model.cfg.max_tokens)
-        T = max(int(limits.max()), 2)
-        L, _, _, H, _, Dk = kv.shape
-        device = src_ids.device
-        state = StaticState(
-            self_k=[torch.zeros(B, H, T, Dk, device=device, dtype=kv.dtype) for _ in range(L)],
-            self_v=[torch.zeros(B, H, T, Dk, device=device, dtype=kv.dtype) for _ in range(L)],
-            cross_kv=kv, src_keep=src_keep,
-            tokens=torch.full((B,), bos, device=device), log_prob=torch.zeros(B, device=device),
-            length=torch.zeros(B, dtype=torch.long, device=device),
-            done=torch.zeros(B, dtype=torch.bool, device=device), limits=limits,
-            out=torch.full((B, T), model.pad_id, device=device),
-            rows=torch.arange(B, device=device))
-        outputs: list[Hypothesis] = [Hypothesis(0.0, 0.0, [])] * B
-        for step in range(int(limits.max())):
-            self.step(state, torch.tensor([step], device=device), eos)
+        state = start_state(model, *self.encode(src_ids), bos=bos, max_len_a=max_len_a,
+                            max_len_b=max_len_b)
+        outputs: list[Hypothesis] = [Hypothesis(0.0, 0.0, [])] * src_ids.shape[0]
+        for _ in range(int(state.limits.max())):
+            self.step(state, eos)
             self.steps += 1
             finished = int(state.done.sum())
             if finished == 0:
@@ -188,6 +182,28 @@ class StaticGreedy:
                                            state.length[done].tolist()):
             outputs[row] = Hypothesis(total / length ** length_penalty, total,
                                       _strip(ids, eos, self.model.pad_id))
+
+
+def start_state(model: Transformer, kv: Tensor, src_keep: Tensor, src_pad_mask: Tensor, *,
+                bos: int, max_len_a: float, max_len_b: int) -> StaticState:
+    """The state before the first step of the sentences `StaticGreedy.encode` gave kv, src_keep
+    and src_pad_mask (B, S) for: each at position 0 with BOS, an empty cache of one slot past the
+    longest length limit."""
+    limits = length_limits(src_pad_mask, max_len_a, max_len_b, model.cfg.max_tokens)  # (B,)
+    T = max(int(limits.max()), 1) + 1  # the spare slot: finished rows write there
+    L, _, B, H, _, Dk = kv.shape
+    device = kv.device
+
+    def zeros(dtype: torch.dtype = torch.long) -> Tensor:
+        return torch.zeros(B, dtype=dtype, device=device)
+
+    return StaticState(
+        self_k=[kv.new_zeros(B, H, T, Dk) for _ in range(L)],
+        self_v=[kv.new_zeros(B, H, T, Dk) for _ in range(L)],
+        cross_kv=kv, src_keep=src_keep, tokens=torch.full((B,), bos, device=device),
+        log_prob=zeros(torch.float), length=zeros(), done=zeros(torch.bool), limits=limits,
+        pos=zeros(), out=torch.full((B, T), model.pad_id, device=device),
+        rows=torch.arange(B, device=device))
 
 
 def _stacked(attention, names: tuple[str, ...]) -> tuple[Tensor, Tensor]:
