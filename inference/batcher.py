@@ -46,12 +46,16 @@ class Stats:
 
     requests: int = 0  # translation requests answered or failed
     sentences: int = 0  # sentences decoded
-    batches: int = 0  # calls of `decode`: one per batch and set of options
-    largest_batch: int = 0  # most sentences in one call
+    batches: int = 0  # calls of `decode`: one per whole batch and set of options
+    largest_batch: int = 0  # most sentences decoded together (a call, or a running batch's step)
     calls: int = 0  # other calls on the worker (explore, warm-up)
     busy_seconds: float = 0.0  # the worker's time in `decode`
     busy_cpu_seconds: float = 0.0  # and its CPU time there (others' load inflates the first)
     held_seconds: float = 0.0  # time the worker was free, a sentence queued, waiting for more
+    # continuous batching (inference/streaming.py): plain greedy requests
+    steps: int = 0  # decoder steps of the running batch
+    rows: int = 0  # sentences decoding, summed over those steps: rows / steps a step
+    joined: int = 0  # sentences that joined a batch already running
 
 
 @dataclass

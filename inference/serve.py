@@ -30,6 +30,7 @@ from starlette.exceptions import HTTPException
 from mha.inference.batcher import PATIENCE, Batcher
 from mha.inference.serve_requests import ExploreRequest, TranslateRequest
 from mha.inference.service import OptionError, Service
+from mha.inference.streaming import Stream
 from mha.inference.translate import unknown_message
 
 log = logging.getLogger(__name__)
@@ -60,6 +61,7 @@ def create_app(service: Service, limits: Limits, *, window: float, max_batch: in
                patience: float = PATIENCE) -> FastAPI:
     """The app; the batcher starts with it and, after the last request, stops with it."""
     batcher = Batcher(service.translate, window=window, max_batch=max_batch, patience=patience)
+    stream = service.stream(batcher, window=window, max_rows=max_batch)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -73,25 +75,29 @@ def create_app(service: Service, limits: Limits, *, window: float, max_batch: in
                   description="Translate with an mha run and see its attention.")
     app.add_middleware(BodyLimit, limit=limits.max_body)
     _add_error_handlers(app)
-    _add_model_routes(app, service, batcher, limits)
+    _add_model_routes(app, service, batcher, stream, limits)
     info = service.info(asdict(limits) | {"max_body": limits.max_body},
                         {"window": window, "max_batch": max_batch, "patience": patience})
     _add_run_routes(app, service, batcher, info)
     return app
 
 
-def _add_model_routes(app: FastAPI, service: Service, batcher: Batcher, limits: Limits) -> None:
+def _add_model_routes(app: FastAPI, service: Service, batcher: Batcher, stream: Stream | None,
+                      limits: Limits) -> None:
     @app.post("/translate")
     async def translate(request: TranslateRequest, http: Request) -> JSONResponse:
         """Translate sentences; per sentence, what `mha translate --json` prints with the same
-        options. Concurrent requests with equal options are decoded in shared batches; one that
-        samples is decoded alone."""
+        options. Plain greedy requests join the running batch (continuous batching); other
+        concurrent requests with equal options are decoded in shared batches; one that samples
+        is decoded alone."""
         check_limits(request.text, limits)
-        decoding = service.options(request)
-        if decoding.search.sampling is None:
-            answers = await batcher.translate(decoding, service.items(request), http.client)
+        decoding, items = service.options(request), service.items(request)
+        if stream is not None and service.streams(decoding, items):
+            answers = await stream.translate([source for source, _ in items])
+        elif decoding.search.sampling is None:
+            answers = await batcher.translate(decoding, items, http.client)
         else:
-            answers = await batcher.run(service.sample, decoding, service.items(request))
+            answers = await batcher.run(service.sample, decoding, items)
         unknown = service.tokenizer.unknown_characters(request.text)
         return JSONResponse({"translations": answers, "beam": decoding.search.beam,
                              "warnings": [unknown_message(unknown, "the request")] if unknown

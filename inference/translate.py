@@ -29,6 +29,7 @@ from mha.inference.search import Search, Translation, encode_prefixes, split_pre
 from mha.model.decode import Hypothesis, beam_search, greedy, most_probable
 from mha.model.masks import padding_mask
 from mha.model.sample import Sampler
+from mha.model.static_decode import StaticGreedy
 from mha.model.transformer import Transformer
 
 log = logging.getLogger(__name__)
@@ -100,6 +101,11 @@ class MhaEngine:
         if self.fast is None:
             self.fast = CompiledGreedy(self.model, bos=Tokenizer.BOS, eos=Tokenizer.EOS)
         return self.fast
+
+    def greedy_steps(self) -> CompiledGreedy | StaticGreedy:
+        """What continuous batching (model/stream_decode.py) steps with: the compiled decoder
+        where plain greedy compiles, else StaticGreedy eager."""
+        return self._fast(Search(), None) or StaticGreedy(self.model)
 
     def _choice(self, search: Search, device: torch.device) -> Callable:
         if search.sampling is None:

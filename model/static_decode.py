@@ -7,8 +7,8 @@ What differs from `greedy`:
 - The self-attention cache is preallocated, (B, H, T, Dk) per layer for T = one past the batch's
   longest output, and each step writes each row's K and V in place at that row's position `pos`
   (a tensor, so one compiled step serves every position, and rows may be at different positions:
-  model/stream_decode.py lets sentences join a running batch); attention reads all T slots, those
-  a row has not yet written masked. A finished row stays where it ended, writing padding one past
+  model/stream_decode.py lets sentences join a running batch); attention reads the slots up to the
+  furthest position written (the step's T), those a row has not yet written masked. A finished row stays where it ended, writing padding one past
   its last token (the spare slot) until it leaves.
 - Encoder-decoder attention's K and V come from one matmul of the memory per layer (W_K and
   W_V stacked), once per batch.
@@ -92,12 +92,12 @@ class StaticGreedy:
         kv = kv.view(B, S, len(model.decoder), 2, H, Dk).permute(2, 3, 0, 4, 1, 5)
         return kv.contiguous(), ~src_pad_mask[:, None, None, :], src_pad_mask  # (L, 2, B, H, S, Dk)
 
-    def _step(self, state: StaticState, eos: int) -> None:
-        """One token for every row, at its position state.pos; updates `state` in place."""
+    def _step(self, state: StaticState, eos: int, T: int) -> None:
+        """One token for every row, at its position state.pos, attending to the cache's first T
+        slots (T: one past the furthest position a row writes); updates `state` in place."""
         model, pos = self.model, state.pos
         x = model.tgt_embed(state.tokens) * model.scale + self.positions[pos]  # (B, D)
         x = x[:, None]  # (B, 1, D)
-        B, T = state.out.shape
         seen = torch.arange(T, device=pos.device) <= pos[:, None]  # (B, T)
         seen = seen[:, None, None]  # (B, 1, 1, T)
         for i, layer in enumerate(model.decoder):
@@ -123,7 +123,9 @@ class StaticGreedy:
         rows = torch.arange(B, device=pos.device)
         state.self_k[i][rows, :, pos] = k[:, :, 0]  # (B, H, Dk) into (B, H, T, Dk)
         state.self_v[i][rows, :, pos] = v[:, :, 0]
-        return self._attend(attention, q, state.self_k[i], state.self_v[i], seen)
+        T = seen.shape[-1]  # the slots read: (B, H, T, Dk)
+        return self._attend(attention, q, state.self_k[i][:, :, :T], state.self_v[i][:, :, :T],
+                            seen)
 
     def _cross_attention(self, i: int, h: Tensor, state: StaticState) -> Tensor:
         attention = self.model.decoder[i].cross_attn
@@ -159,8 +161,8 @@ class StaticGreedy:
         state = start_state(model, *self.encode(src_ids), bos=bos, max_len_a=max_len_a,
                             max_len_b=max_len_b)
         outputs: list[Hypothesis] = [Hypothesis(0.0, 0.0, [])] * src_ids.shape[0]
-        for _ in range(int(state.limits.max())):
-            self.step(state, eos)
+        for step in range(int(state.limits.max())):
+            self.step(state, eos, step + 1)
             self.steps += 1
             finished = int(state.done.sum())
             if finished == 0:

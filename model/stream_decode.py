@@ -43,7 +43,7 @@ class Steps(Protocol):
 
     def encode(self, src_ids: Tensor) -> tuple[Tensor, Tensor, Tensor]: ...
 
-    def step(self, state: StaticState, eos: int) -> None: ...
+    def step(self, state: StaticState, eos: int, T: int) -> None: ...
 
 
 class GreedyStream:
@@ -57,6 +57,7 @@ class GreedyStream:
         self.pad = decoder.model.pad_id
         self.state: StaticState | None = None
         self.keys: list[Hashable | None] = []  # per row, its sentence's key; None: free
+        self.written: list[int] = []  # per row, the tokens its sentence has (its position)
 
     @property
     def busy(self) -> int:
@@ -71,7 +72,7 @@ class GreedyStream:
         new = start_state(self.decoder.model, kv, src_keep, src_pad_mask, bos=self.bos,
                           max_len_a=self.max_len_a, max_len_b=self.max_len_b)
         if self.state is None:
-            self.state, self.keys = new, list(keys)
+            self.state, self.keys, self.written = new, list(keys), [0] * len(keys)
             return
         S = max(state.src_keep.shape[3] for state in (self.state, new))
         T = max(state.out.shape[1] for state in (self.state, new))
@@ -80,17 +81,22 @@ class GreedyStream:
         if free:
             _put(state, torch.tensor(free, device=state.pos.device), new, len(free))
             for row, key in zip(free, keys):
-                self.keys[row] = key
+                self.keys[row], self.written[row] = key, 0
         if len(free) < len(keys):
             state = _joined(state, new.select(torch.arange(len(free), len(keys))))
             self.keys += keys[len(free):]
+            self.written += [0] * (len(keys) - len(free))
         self.state = state
 
     @torch.inference_mode()
     def step(self) -> list[tuple[Hashable, Hypothesis]]:
         """One token for every busy sentence; the sentences that ended, with their hypotheses."""
         state = self.state
-        self.decoder.step(state, self.eos)
+        busy = [row for row, key in enumerate(self.keys) if key is not None]
+        # the cache's slots up to the furthest position a sentence writes: no further is read
+        self.decoder.step(state, self.eos, max(self.written[row] for row in busy) + 1)
+        for row in busy:
+            self.written[row] += 1
         done = state.done.tolist()
         ended = [row for row, key in enumerate(self.keys) if key is not None and done[row]]
         if not ended:
@@ -111,10 +117,11 @@ class GreedyStream:
         """No busy row: drop the batch; more free rows than busy ones: keep the busy ones."""
         busy = [row for row, key in enumerate(self.keys) if key is not None]
         if not busy:
-            self.state, self.keys = None, []
+            self.state, self.keys, self.written = None, [], []
         elif 2 * len(busy) < len(self.keys):
             self.state = self.state.select(torch.tensor(busy, device=self.state.pos.device))
             self.keys = [self.keys[row] for row in busy]
+            self.written = [self.written[row] for row in busy]
 
 
 def _map(change: Callable[..., Tensor], *states: StaticState) -> StaticState:
