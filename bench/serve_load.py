@@ -6,9 +6,10 @@ of the runs around it), unsorted batches of the most clients, batch-1 latency. S
 RUN` on 127.0.0.1 and one asyncio client on one thread (this process) whose keep-alive
 connections send single sentences (greedy), one at a time: 1, 8 and 32 clients, each phase
 bounded by --seconds and --requests, every answer checked against offline's; per phase the
-sentences a batch and the model thread's busy share (/stats) and the client's CPU share. Last,
-32 clients with --bad-share malformed or oversize requests: 5xx answers, good requests lost,
-and the server's RSS (median of the last tenth against the first).
+sentences a batch (busy sentences a step, in the running batch) and the model's busy share
+(/stats) and the client's CPU share. Last, 32 clients with --bad-share malformed or oversize
+requests: 5xx answers, good requests lost, and the server's RSS, its running batch's process
+included (median of the last tenth against the first).
 
     python bench/serve_load.py RUN [--seconds 20] [--requests 5000] [--clients 1,8,32]
                                    [--threads 1] [--bad-share 0.2] [--src-file F]
@@ -31,8 +32,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 HOST = "127.0.0.1"
-COUNTERS = ("batches", "sentences", "busy_seconds", "busy_cpu_seconds")  # decoding calls, their
-# sentences, the model thread's seconds in them and its CPU seconds there
+COUNTERS = ("batches", "sentences", "busy_seconds", "busy_cpu_seconds", "steps", "rows")
+# decoding calls, their sentences, the model's seconds in them and its CPU seconds there, and
+# the running batch's steps and rows (plain greedy requests decode there)
 
 
 @dataclass
@@ -124,10 +126,19 @@ async def load(port: int, lines: list[str], expected: list[str], phase: Phase, s
 
 
 def sample_rss(pid: int, phase: Phase, stop: threading.Event) -> None:
+    """The server's RSS: its process's and its child's (the running batch's process)."""
     while not stop.wait(0.2):
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        phase.rss.append(sum(rss(int(p)) for p in [pid, *children]))
+
+
+def rss(pid: int) -> int:
+    """A process's RSS in KiB (0 if it has just ended)."""
+    try:
         status = Path(f"/proc/{pid}/status").read_text()
-        phase.rss.append(int(next(line for line in status.splitlines()
-                                  if line.startswith("VmRSS")).split()[1]))
+    except FileNotFoundError:
+        return 0
+    return int(next(line for line in status.splitlines() if line.startswith("VmRSS")).split()[1])
 
 
 class Offline:
@@ -193,6 +204,13 @@ def start_server(run: Path, threads: int, extra: list[str]) -> tuple[subprocess.
 def get(port: int, path: str) -> dict:
     with urllib.request.urlopen(f"http://{HOST}:{port}{path}", timeout=60) as response:
         return json.loads(response.read())
+
+
+def batch_size(served: dict) -> float:
+    """Sentences a batch: busy rows a step of the running batch, else sentences a call."""
+    if served["steps"]:
+        return served["rows"] / served["steps"]
+    return served["sentences"] / max(1, served["batches"])
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -288,7 +306,7 @@ def report(args, cpu, lines, offline: Offline, ceiling, phases, code) -> None:
         p50, p95 = (1000 * percentile(phase.latencies, q) for q in (50, 95))
         print(f"| serve, {phase.clients} client{'s' if phase.clients > 1 else ''} | {rate:.1f} | "
               f"{phase.offline:.1f} | {rate / phase.offline:.2f} | {p50:.1f} | {p95:.1f} | "
-              f"{served['sentences'] / max(1, served['batches']):.1f} | "
+              f"{batch_size(served):.1f} | "
               f"{served['busy_seconds'] / phase.wall:.0%} | {phase.cpu / phase.wall:.0%} | "
               f"{served['sentences'] / served['busy_cpu_seconds'] / cpu_rate:.2f} |")
     bad = phases[-1]

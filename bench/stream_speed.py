@@ -4,8 +4,9 @@ what N one-sentence clients can get from each way of batching, set against offli
 Cases, on a run's test split (greedy; compiled unless --no-compile, as `mha serve` decodes):
 - offline: `translate_lines`, sorted by length, batches of decode.batch_size (the target's base);
 - whole batches of N in arrival order (what inference/batcher.py gives N clients at best);
-- a running batch of N: N sentences in flight, each one that ends replaced at the next step by
-  the next line (what inference/streaming.py gives N clients with no network between).
+- a running batch of N: N sentences in flight, each one that ends replaced by the next line,
+  which joins as inference/stream_runner.py lets it (what `mha serve` gives N clients with no
+  network between).
 Each case runs --repeat times, in turn; the table gives each one's best and its outputs that
 differ from offline's.
 
@@ -22,29 +23,22 @@ from pathlib import Path
 import torch
 
 
-def stream_all(stream, lines: list[list[int]], clients: int, pad: int) -> tuple[list, int]:
-    """Decode every line with at most `clients` in flight; (hypotheses in order, steps)."""
+def stream_all(runner, lines: list[list[int]], clients: int) -> list:
+    """Decode every line with `clients` in flight (inference/stream_runner.py's Runner, as
+    `mha serve` runs it): each that ends is replaced by the next line at the next step."""
     found: list = [None] * len(lines)
     waiting = iter(range(len(lines)))
-    steps = 0
 
-    def join(count: int) -> None:
-        rows = [row for _, row in zip(range(count), waiting)]
-        if rows:
-            width = max(len(lines[row]) for row in rows)
-            src = torch.full((len(rows), width), pad, dtype=torch.long)
-            for i, row in enumerate(rows):
-                src[i, :len(lines[row])] = torch.tensor(lines[row])
-            stream.add(src, rows)
+    def take(count: int) -> None:
+        runner.take([(row, lines[row]) for _, row in zip(range(count), waiting)])
 
-    join(clients)
-    while stream.busy:
-        ended = stream.step()
-        steps += 1
+    take(clients)
+    while not runner.idle:
+        ended = runner.step()
         for row, hypothesis in ended:
             found[row] = hypothesis
-        join(len(ended))
-    return found, steps
+        take(len(ended))
+    return found
 
 
 def main() -> None:
@@ -55,14 +49,22 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=None)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--no-compile", dest="compile", action="store_false")
+    parser.add_argument("--join-share", type=float, default=None, help="stream_runner's "
+                        "JOIN_SHARE instead of its own")
+    parser.add_argument("--join-steps", type=int, default=None)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     from mha.data.prepare import load_prepared
     from mha.data.tokenizer import Tokenizer
-    from mha.inference import translate
+    from mha.inference import stream_runner, translate
     from mha.inference.provenance import cpu_info
     from mha.inference.run import load_model
     from mha.model.stream_decode import GreedyStream
+
+    if args.join_share is not None:
+        stream_runner.JOIN_SHARE = args.join_share
+    if args.join_steps is not None:
+        stream_runner.JOIN_STEPS = args.join_steps
 
     model, tokenizer, cfg = load_model(args.run, "best", "cpu")
     lines = list(load_prepared(args.run).splits["test"]["src"])[:args.limit]
@@ -88,11 +90,11 @@ def main() -> None:
         return [out[arrival.index(i)] for i in range(len(lines))]
 
     def running() -> list[str]:
-        found, _ = stream_all(stream, sources, n, model.pad_id)
+        found = stream_all(stream_runner.Runner(stream, n), sources, n)
         by_line = {line: tokenizer.decode_tgt(h.ids) for line, h in zip(arrival, found)}
         return [by_line[i] for i in range(len(lines))]
 
-    cases = {"offline, sorted batches of %d" % decode.batch_size: offline,
+    cases = {f"offline, sorted batches of {decode.batch_size}": offline,
              f"whole batches of {n}, arrival order": whole,
              f"a running batch of {n}": running}
     best = {name: 0.0 for name in cases}

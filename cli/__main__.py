@@ -1,3 +1,4 @@
 from mha.cli.app import main
 
-main()
+if __name__ == "__main__":  # not when multiprocessing imports it (spawn), as serve's process does
+    main()

@@ -27,7 +27,7 @@ import torch
 
 from mha.configs.schema import ConfigError
 from mha.model.attention import MultiHeadAttention
-from mha.model.static_decode import StaticGreedy
+from mha.model.static_decode import StaticGreedy, start_state
 from mha.model.transformer import Transformer
 
 log = logging.getLogger(__name__)
@@ -131,14 +131,21 @@ def compiled_greedy(model: Transformer, *, bos: int, eos: int, warm_rows: tuple[
 
     dynamic=True: one graph serves every batch size of 2 or more, source and output length
     (sizes 0 and 1 are compiled apart: StaticGreedy keeps sources and caches at 2 or more, and a
-    batch of 1 gets its graph in the warm-up). TORCH_LOGS=recompiles shows none after it."""
+    batch of 1, and a first step, reading one slot, get their graphs in the warm-up: it runs a
+    first and a later step of each batch size, whatever the dummy batch would decode).
+    TORCH_LOGS=recompiles shows none after it."""
     options = {"cpp_wrapper": True, "guard_filter_fn": _guards, **options}  # `options`: inductor's
     decoder = _KeyedGreedy(model, lambda f: torch.compile(f, dynamic=True, options=options))
     device = next(model.parameters()).device
     start = time.perf_counter()
     for rows in warm_rows:  # (rows, 7): sizes that no other size of the step equals: torch
         # would assume that equality ever after ("duck sizing"); 1 row: a graph of its own
-        decoder(torch.full((rows, 7), eos, device=device), bos=bos, eos=eos)
+        with torch.inference_mode():
+            src_ids = torch.full((rows, 7), eos, device=device)
+            state = start_state(model, *decoder.encode(src_ids), bos=bos, max_len_a=1.5,
+                                max_len_b=10)
+            for T in (1, 3):  # a first step (T of 1: a graph of its own) and a later one
+                decoder.step(state, eos, T)
     seconds = time.perf_counter() - start
     log.info("compiled greedy decoding in %.1f s (once a process; kernels cached in %s)",
              seconds, os.environ.get("TORCHINDUCTOR_CACHE_DIR", "torch's cache folder"))

@@ -66,9 +66,13 @@ def create_app(service: Service, limits: Limits, *, window: float, max_batch: in
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         batcher.start()
+        if stream is not None:
+            stream.start()
         warm_up = asyncio.ensure_future(batcher.run(service.warm_up))  # in the background
         yield
         await warm_up
+        if stream is not None:
+            await stream.close()
         await batcher.close()
 
     app = FastAPI(title="mha serve", lifespan=lifespan,
@@ -78,7 +82,7 @@ def create_app(service: Service, limits: Limits, *, window: float, max_batch: in
     _add_model_routes(app, service, batcher, stream, limits)
     info = service.info(asdict(limits) | {"max_body": limits.max_body},
                         {"window": window, "max_batch": max_batch, "patience": patience})
-    _add_run_routes(app, service, batcher, info)
+    _add_run_routes(app, service, batcher, stream, info)
     return app
 
 
@@ -92,7 +96,7 @@ def _add_model_routes(app: FastAPI, service: Service, batcher: Batcher, stream: 
         is decoded alone."""
         check_limits(request.text, limits)
         decoding, items = service.options(request), service.items(request)
-        if stream is not None and service.streams(decoding, items):
+        if stream is not None and stream.usable and service.streams(decoding, items):
             answers = await stream.translate([source for source, _ in items])
         elif decoding.search.sampling is None:
             answers = await batcher.translate(decoding, items, http.client)
@@ -113,7 +117,8 @@ def _add_model_routes(app: FastAPI, service: Service, batcher: Batcher, stream: 
         return Response(body, media_type="application/json")
 
 
-def _add_run_routes(app: FastAPI, service: Service, batcher: Batcher, info: dict) -> None:
+def _add_run_routes(app: FastAPI, service: Service, batcher: Batcher, stream: Stream | None,
+                    info: dict) -> None:
     page = service.page() if service.explorable else None
 
     @app.get("/", response_class=HTMLResponse)
@@ -126,8 +131,10 @@ def _add_run_routes(app: FastAPI, service: Service, batcher: Batcher, info: dict
     @app.get("/health")
     async def health() -> dict:
         """Ready once the model is loaded (before the server listens); warm after the first
-        translation, made in the background."""
-        return {"status": "ready", "warm": service.warm}
+        translation, made in the background, and once the running batch's process has loaded
+        and compiled its model (greedy requests decode in whole batches until then)."""
+        return {"status": "ready", "warm": service.warm and (stream is None or stream.ready
+                                                             or stream.broken)}
 
     @app.get("/info")
     async def run_info() -> dict:
@@ -137,8 +144,9 @@ def _add_run_routes(app: FastAPI, service: Service, batcher: Batcher, info: dict
     @app.get("/stats")
     async def stats() -> dict:
         """Batching counters: requests, sentences, batches, largest_batch, calls (other
-        work on the model's thread), queued and pending (sentences not yet answered)."""
-        return batcher.report()
+        work on the model's thread), queued and pending (sentences not yet answered); the running
+        batch's steps, rows and joined, and its process's state and pid."""
+        return batcher.report() | (stream.report() if stream is not None else {})
 
 
 def check_limits(texts: list[str], limits: Limits) -> None:

@@ -18,20 +18,21 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
 from mha.configs.schema import DecodeConfig, to_dict
 from mha.inference import checkpoint
+from mha.inference.batcher import Batcher
 from mha.inference.explore import add_run_data, page_data, page_html
 from mha.inference.explore_align import add_links, links_layer
-from mha.data.tokenizer import Tokenizer
-from mha.inference.batcher import Batcher
 from mha.inference.fast_decode import FROZEN_MIN_BATCH, fast_path_allows
 from mha.inference.search import Search, Translation, json_object, split_prefixes
 from mha.inference.serve_requests import TranslateRequest
+from mha.inference.stream_runner import Spec
 from mha.inference.streaming import Stream
 from mha.inference.translate import Engine, MhaEngine, decode_chunk, encode_sources
 from mha.model.decode import Hypothesis
 from mha.model.sample import Sampling
-from mha.model.stream_decode import GreedyStream
 
 WARM_UP = "Ein Mann fährt Fahrrad."
 
@@ -120,25 +121,23 @@ class Service:
         return [json_object(t, decoding.nbest) for t in found]
 
     def stream(self, batcher: Batcher, *, window: float, max_rows: int) -> Stream | None:
-        """Continuous batching for plain greedy requests (inference/streaming.py) on the
-        batcher's worker, with the engine's compiled greedy decoder where it compiles: mha's own
-        model with its KV cache, not an ensemble; None where whole batches must do."""
+        """Continuous batching for plain greedy requests (inference/streaming.py), in a process
+        of its own that loads this run's model (compiled as this engine's greedy decoding is):
+        mha's own model with its KV cache, not an ensemble; None where whole batches must do."""
         engine = self.engine
         if not (self.explorable and engine.use_cache and fast_path_allows(engine.model)):
             return None
-        cfg = self.decode
-        decoder = GreedyStream(engine.greedy_steps(), bos=Tokenizer.BOS, eos=Tokenizer.EOS,
-                               max_len_a=cfg.max_len_a, max_len_b=cfg.max_len_b,
-                               length_penalty=cfg.length_penalty)
-        return Stream(decoder, batcher, window=window, max_rows=max_rows, answer=self.answer,
+        device = str(next(engine.model.parameters()).device)
+        spec = Spec(self.run_dir, self.which, device, engine.compile, torch.get_num_threads(),
+                    max_rows)
+        return Stream(spec, batcher, window=window, answer=self.answer,
                       sources=lambda texts: encode_sources(self.tokenizer, texts,
                                                            engine.max_tokens))
 
     def streams(self, decoding: Decoding, items: list[tuple[str, str]]) -> bool:
         """Whether a request decodes in the running batch: plain greedy (no n-best, token
-        scores, alignments or sampling), no target prefix, and no hooks on the model now."""
-        return (decoding == Decoding(Search(beam=1)) and not any(p for _, p in items)
-                and fast_path_allows(self.engine.model))
+        scores, alignments or sampling) and no target prefix."""
+        return decoding == Decoding(Search(beam=1)) and not any(p for _, p in items)
 
     def answer(self, hypothesis: Hypothesis | None) -> dict:
         """What `mha translate --json` prints for a greedy hypothesis (None: a blank line)."""

@@ -2,156 +2,169 @@
 way to keep its batch full when each client sends one sentence and waits for its answer.
 
 Whole batches (inference/batcher.py) decode until their longest sentence ends, and a sentence
-that arrives meanwhile waits for the next batch. Here a sentence joins the running batch at its
-next step, and each one's answer goes back the step it ends: many one-sentence clients decode in
-a batch as full as offline batches are, and a lone client's sentence decodes at once, alone.
+that arrives meanwhile waits for the next batch. Here a sentence joins the running batch within
+a few steps, and each one's answer goes back the step it ends: many one-sentence clients decode
+in a batch as full as offline batches are, and a lone client's sentence decodes at once, alone.
 
-The batch runs on the batcher's one worker thread, in slices of at most SLICE seconds: each step
-first takes the sentences that arrived (while fewer than `max_rows` decode), then decodes one
-token for all. Between slices the worker runs whatever else was queued for it (whole batches of
-other options, the explore page's pass), so nothing waits more than a slice for the model. When
-the stream starts from idle, it first waits up to `window` seconds for `max_rows` sentences, as
-a whole batch does.
+The running batch lives in a process of its own (inference/stream_runner.py says why and runs
+it), started with the server and ready once its model is loaded and compiled; until then greedy
+requests take the whole-batch path. Here, on the event loop, texts become source ids, go down
+the pipe, and the hypotheses that come back become answers; at most `max_rows` sentences decode
+at once. When the batch is idle, the first sentence waits up to `window` seconds for
+`max_rows`, as a whole batch does.
 
-A sentence whose client has gone is still decoded (its row costs a step or so more); its answer
-is dropped. An error fails the requests in the batch, and the batch starts afresh.
+A sentence whose client has gone is still decoded; its answer is dropped. A step that fails
+fails the requests in the batch (500); if the process ends, the requests it held fail and greedy
+requests take the whole-batch path from then on.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
-import time
-from collections import deque
+import multiprocessing
 from collections.abc import Callable
-
-import torch
+from dataclasses import fields
 
 from mha.inference.batcher import Batcher
+from mha.inference.stream_runner import Counters, Spec, child
 from mha.model.decode import Hypothesis
-from mha.model.stream_decode import GreedyStream
 
 log = logging.getLogger(__name__)
-
-SLICE = 0.05  # seconds the stream holds the worker before others' work may run
 
 
 class Stream:
     """`await translate(texts)`: one answer per text, each `answer(hypothesis)` (None for a blank
-    line), decoded in the running batch of `decoder` on the batcher's worker; `sources(texts)`
-    gives the ids (each ending in EOS, [] for a blank line)."""
+    line); `sources(texts)` gives the ids (each ending in EOS, [] for a blank line). `ready`
+    once the process has said so; `start()` inside the running event loop, `close()` last."""
 
-    def __init__(self, decoder: GreedyStream, batcher: Batcher, *,
+    def __init__(self, spec: Spec, batcher: Batcher, *,
                  sources: Callable[[list[str]], list[list[int]]],
-                 answer: Callable[[Hypothesis | None], dict], window: float,
-                 max_rows: int) -> None:
-        self.decoder, self.batcher, self.sources, self.answer = decoder, batcher, sources, answer
-        self.window, self.max_rows = window, max_rows
-        self.inbox: deque[tuple[str, asyncio.Future]] = deque()  # filled by the event loop only
-        self.running = False  # a task drives the stream
-        self.arrived = asyncio.Event()
-        self.admitting: list[asyncio.Future] = []  # taken from the inbox, not yet in the batch
+                 answer: Callable[[Hypothesis | None], dict], window: float) -> None:
+        self.spec, self.batcher, self.sources, self.answer = spec, batcher, sources, answer
+        self.stats, self.window = batcher.stats, window
+        self.sent = 0  # sentences down the pipe, not yet answered
+        self.ready = self.broken = False
+        self.futures: dict[int, asyncio.Future] = {}  # sentences sent, not yet answered
+        self.held: list[tuple[int, list[int]]] = []  # waiting out the window
+        self.keys = itertools.count()
+        self.counted = Counters()  # the process's counters, as last added to stats
+        self.process = self.conn = None
+
+    def start(self) -> None:
+        context = multiprocessing.get_context("spawn")  # no copy of this process's threads
+        self.conn, theirs = context.Pipe()
+        self.process = context.Process(target=child, args=(theirs, self.spec), daemon=True,
+                                       name="mha-stream")
+        self.process.start()
+        theirs.close()
+        asyncio.get_running_loop().add_reader(self.conn.fileno(), self._receive)
+
+    async def close(self) -> None:
+        """Tell the process to stop once its sentences are done, and wait for it."""
+        if self.process is None:
+            return
+        asyncio.get_running_loop().remove_reader(self.conn.fileno())
+        if not self.broken:
+            self.conn.send(("stop",))
+        await asyncio.get_running_loop().run_in_executor(None, self.process.join, 60)
+        if self.process.is_alive():
+            self.process.kill()
+        self.conn.close()
+
+    @property
+    def usable(self) -> bool:
+        return self.ready and not self.broken
+
+    def report(self) -> dict:
+        """For GET /stats: the process's state and pid."""
+        state = "ended" if self.broken else "ready" if self.ready else "starting"
+        return {"stream": state, "stream_pid": self.process.pid if self.process else None}
 
     async def translate(self, texts: list[str]) -> list[dict]:
         loop = asyncio.get_running_loop()
         futures = [loop.create_future() for _ in texts]
-        self.inbox.extend(zip(texts, futures))
+        items = []
+        for ids, future in zip(self.sources(texts), futures):
+            if ids:
+                key = next(self.keys)
+                self.futures[key] = future
+                items.append((key, ids))
+            else:
+                future.set_result(self.answer(None))
         self.batcher.pending += len(texts)
-        self.arrived.set()
-        if not self.running:
-            self.running = True
-            loop.create_task(self._drive())
+        self._send(items)
         try:
             return list(await asyncio.gather(*futures))
         finally:
             self.batcher.pending -= len(texts)
-            self.batcher.stats.requests += 1
+            self.stats.requests += 1
 
-    async def _drive(self) -> None:
-        """Run slices on the worker until no sentence is queued or decoding; the decision to
-        stop is made on the event loop, which alone fills the inbox, so none is left behind."""
-        loop = asyncio.get_running_loop()
+    def _send(self, items: list[tuple[int, list[int]]]) -> None:
+        """Down the pipe, or held for the window when the batch is idle."""
+        if self.window > 0 and items and (self.held or not self.sent):
+            if not self.held:  # the first sentence for an idle batch: its window opens
+                asyncio.get_running_loop().call_later(self.window, self._flush)
+            self.held += items
+            if len(self.held) >= self.spec.max_rows:
+                self._flush()
+        elif items:
+            self._take(items)
+
+    def _flush(self) -> None:
+        held, self.held = self.held, []
+        if held:
+            self._take(held)
+
+    def _take(self, items: list[tuple[int, list[int]]]) -> None:
+        self.sent += len(items)
         try:
-            await self._gather(loop)
-            while self.inbox or self.decoder.busy:
-                await loop.run_in_executor(self.batcher.worker, self._slice, loop)
-        finally:
-            self.running = False
+            self.conn.send(("take", items))
+        except OSError:  # the process has ended; the pipe's end, read, says so too
+            self._ended()
 
-    async def _gather(self, loop: asyncio.AbstractEventLoop) -> None:
-        """From idle: wait up to `window` seconds for `max_rows` sentences."""
-        start = loop.time()
-        while len(self.inbox) < self.max_rows and (left := start + self.window - loop.time()) > 0:
-            self.arrived.clear()
-            try:
-                await asyncio.wait_for(self.arrived.wait(), left)
-            except asyncio.TimeoutError:  # the builtin TimeoutError from Python 3.11 on
-                break
-        self.batcher.stats.held_seconds += loop.time() - start
+    def _ended(self) -> None:
+        if self.broken:
+            return
+        self.broken = True
+        self._on_failed(list(self.futures), "the decoding process ended")
+        asyncio.get_running_loop().remove_reader(self.conn.fileno())
+        log.error("the decoding process ended (exit code %s): greedy requests now decode in "
+                  "whole batches", self.process.exitcode)
 
-    def _slice(self, loop: asyncio.AbstractEventLoop) -> None:
-        """On the worker: steps until SLICE seconds have passed (one step at least) or nothing
-        is left to decode."""
-        stats = self.batcher.stats
-        start, cpu, first = time.perf_counter(), time.thread_time(), stats.steps
+    def _receive(self) -> None:
+        """The process's messages, on the event loop (the pipe is readable)."""
         try:
-            while not (stats.steps > first and time.perf_counter() - start >= SLICE):
-                self._admit(loop)
-                if not self.decoder.busy:
-                    break
-                rows = self.decoder.busy
-                ended = self.decoder.step()
-                stats.steps += 1
-                stats.rows += rows
-                stats.largest_batch = max(stats.largest_batch, rows)
-                if ended:
-                    stats.sentences += len(ended)
-                    loop.call_soon_threadsafe(self._deliver, [
-                        (future, self.answer(hypothesis)) for future, hypothesis in ended])
-        except Exception as error:  # a bug: the batch's requests fail (500), the stream goes on
-            log.exception("decoding the running batch failed")
-            failed = [*self.decoder.keys, *self.admitting]
-            self.decoder.state, self.decoder.keys, self.admitting = None, [], []
-            loop.call_soon_threadsafe(self._fail, failed, error)
-        finally:
-            stats.busy_seconds += time.perf_counter() - start
-            stats.busy_cpu_seconds += time.thread_time() - cpu
+            while self.conn.poll():
+                message = self.conn.recv()
+                getattr(self, f"_on_{message[0]}")(*message[1:])
+        except (EOFError, OSError):
+            self._ended()
 
-    def _admit(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Start the queued sentences, as many as the batch has room for."""
-        room = self.max_rows - self.decoder.busy
-        taken = []
-        while self.inbox and len(taken) < room:
-            taken.append(self.inbox.popleft())
-        if not taken:
-            return
-        self.admitting = [future for _, future in taken]
-        ids = self.sources([text for text, _ in taken])
-        blank = [(future, self.answer(None)) for (_, future), row in zip(taken, ids) if not row]
-        if blank:
-            loop.call_soon_threadsafe(self._deliver, blank)
-        joining = [(future, row) for (_, future), row in zip(taken, ids) if row]
-        if not joining:
-            self.admitting = []
-            return
-        if self.decoder.busy:
-            self.batcher.stats.joined += len(joining)
-        width = max(len(row) for _, row in joining)
-        src_ids = torch.full((len(joining), width), self.decoder.pad, dtype=torch.long)
-        for i, (_, row) in enumerate(joining):
-            src_ids[i, :len(row)] = torch.tensor(row)
-        device = next(self.decoder.decoder.model.parameters()).device
-        self.decoder.add(src_ids.to(device), [future for future, _ in joining])
-        self.admitting = []
+    def _on_ready(self, seconds: float) -> None:
+        self.ready = True
+        log.info("the running batch's process is ready (compiled in %.1f s)", seconds)
 
-    @staticmethod
-    def _deliver(answers: list[tuple[asyncio.Future, dict]]) -> None:
-        for future, answer in answers:
+    def _on_ended(self, ended: list[tuple[int, Hypothesis]], counters: dict) -> None:
+        self.sent -= len(ended)
+        for key, hypothesis in ended:
+            future = self.futures.pop(key)
             if not future.done():  # its client has gone
-                future.set_result(answer)
+                future.set_result(self.answer(hypothesis))
+        now = Counters(**counters)
+        for name in (f.name for f in fields(Counters)):
+            value, before = getattr(now, name), getattr(self.counted, name)
+            if name == "largest_batch":
+                self.stats.largest_batch = max(self.stats.largest_batch, value)
+            else:
+                setattr(self.stats, name, getattr(self.stats, name) + value - before)
+        self.counted = now
 
-    @staticmethod
-    def _fail(futures: list, error: Exception) -> None:
-        for future in futures:
+    def _on_failed(self, keys: list[int], message: str) -> None:
+        log.error("decoding the running batch failed: %s", message)
+        self.sent -= len(keys)
+        for key in keys:
+            future = self.futures.pop(key, None)
             if future is not None and not future.done():
-                future.set_exception(error)
+                future.set_exception(RuntimeError(message))

@@ -8,8 +8,9 @@ What differs from `greedy`:
   longest output, and each step writes each row's K and V in place at that row's position `pos`
   (a tensor, so one compiled step serves every position, and rows may be at different positions:
   model/stream_decode.py lets sentences join a running batch); attention reads the slots up to the
-  furthest position written (the step's T), those a row has not yet written masked. A finished row stays where it ended, writing padding one past
-  its last token (the spare slot) until it leaves.
+  furthest position written (the step's T), those a row has not yet written masked. A finished
+  row stays where it ended, writing padding one past its last token (the spare slot) until it
+  leaves.
 - Encoder-decoder attention's K and V come from one matmul of the memory per layer (W_K and
   W_V stacked), once per batch.
 - The step ends at the chosen token: argmax of the logits, and its log-probability as its logit

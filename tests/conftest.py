@@ -173,9 +173,10 @@ def open_page(browser):
 def served(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory):
     """`mha serve` on the tiny run, on a free loopback port, with small limits (8 sentences of
     at most 200 characters); stopped with SIGTERM at the end of the session."""
-    from helpers import start_server, stop_server
+    from helpers import start_server, stop_server, wait_until
 
     server = start_server(tiny_run, tmp_path_factory.mktemp("served"), "--max-sentences", "8",
                           "--max-chars", "200")
+    wait_until(lambda: server.get("/health")[1]["warm"], "the running batch's process")
     yield server
     stop_server(server)

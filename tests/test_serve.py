@@ -26,11 +26,10 @@ from helpers import (
     wait_until,
 )
 
-from test_serve_options import assert_close
-
 from mha.data.tokenizer import Tokenizer
 from mha.inference.search import Search
 from mha.inference.translate import MhaEngine
+from tests.test_serve_options import assert_close
 
 pytestmark = pytest.mark.usefixtures("_one_thread")  # one torch thread: the cores are shared
 
@@ -104,6 +103,7 @@ def test_concurrent_requests_share_a_batch_and_each_gets_its_own_answer(tiny_run
     # the first sentence opens a 10 s window, which closes when the 16th arrives; the 17th finds
     # no free row, so it joins the running batch once a sentence has ended
     server = start_server(tiny_run, tmp_path, "--batch-window", "10", "--max-batch", "16")
+    wait_until(lambda: server.get("/health")[1]["warm"], "the running batch's process")
     barrier = threading.Barrier(len(lines))
 
     def one(line: str) -> tuple[int, object]:

@@ -47,6 +47,7 @@ def test_sentences_joining_at_other_steps_get_greedys_hypotheses(seed, eos_bias,
     joins = {0: [7], 2: [2, 5], 3: [0], 6: [1, 3, 4], 9: [6, 8]}
     got, rows, stream = stream_decode(model, src, joins, limits)
     assert_same(expected, got)
+    assert max(rows) >= 3  # they decoded side by side
     assert stream.state is None and stream.keys == []  # dropped once idle
 
 
