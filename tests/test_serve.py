@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import signal
 import socket
@@ -204,6 +205,7 @@ def test_health_info_and_the_openapi_schema(served, tiny_run, loaded):
                                               (signal.SIGINT, "0.0.0.0")])
 def test_a_signal_drains_the_request_in_flight_and_exits_0(tiny_run, tmp_path, signum, host):
     server = start_server(tiny_run, tmp_path, "--host", host, "--batch-window", "3")
+    wait_until(lambda: server.get("/health")[1]["warm"], "the running batch's process")
     assert ("other machines can reach this server" in server.log.read_text()) == (
         host != "127.0.0.1")
     with ThreadPoolExecutor(1) as pool:
@@ -215,6 +217,21 @@ def test_a_signal_drains_the_request_in_flight_and_exits_0(tiny_run, tmp_path, s
                                                                                SENTENCES[0])
     assert f"{signal.Signals(signum).name}: stopped after the requests in flight" in (
         server.log.read_text())
+
+
+def test_if_the_decoding_process_ends_greedy_requests_decode_in_whole_batches(tiny_run, tmp_path):
+    server = start_server(tiny_run, tmp_path)
+    wait_until(lambda: server.get("/health")[1]["warm"], "the running batch's process")
+    stats = server.get("/stats")[1]
+    assert stats["stream"] == "ready" and stats["batches"] == 0
+    os.kill(stats["stream_pid"], signal.SIGKILL)
+    wait_until(lambda: server.get("/stats")[1]["stream"] == "ended", "the server to notice")
+    status, answer = server.post("/translate", {"text": SENTENCES[:2]})
+    assert status == 200 and [t["text"] for t in answer["translations"]] == cli(
+        tiny_run, *SENTENCES[:2])
+    assert server.get("/stats")[1]["batches"] == 1 and server.get("/health")[0] == 200
+    assert "greedy requests now decode in whole batches" in server.log.read_text()
+    assert stop_server(server) == 0
 
 
 def test_the_ctranslate2_engine_serves_the_exported_models_translations(run_copy, tmp_path):
