@@ -23,10 +23,12 @@ DRAIN_SECONDS = 60  # after SIGINT/SIGTERM, in-flight requests get this long to 
 
 WindowOpt = Annotated[float, typer.Option(
     "--batch-window", min=0.0, max=10.0, help="Seconds a batch waits for more requests after its "
-    "first sentence (0: it takes what queued while the last batch decoded).")]
+    "first sentence (0: it takes what queued while the last batch decoded); the running batch "
+    "of greedy requests waits so only when idle.")]
 PatienceOpt = Annotated[float, typer.Option(
-    "--patience", min=0.0, max=10.0, help="Once the model is free, how long to wait for the "
-    "clients the last batch answered to send again (on the same connection), in units of that "
+    "--patience", min=0.0, max=10.0, help="Whole batches (requests other than plain greedy): "
+    "once the model is free, how long to wait for the clients the last batch answered to send "
+    "again (on the same connection), in units of that "
     "batch's decoding time; clients that did not come back last time are not waited for (0: "
     "take what is queued at once).")]
 
@@ -46,15 +48,17 @@ def serve(
     batch_window: WindowOpt = 0.0,
     patience: PatienceOpt = PATIENCE,
     max_batch: Annotated[int | None, typer.Option(
-        "--max-batch", min=1, help="Most sentences in one batch (default: the run's "
-        "decode.batch_size).", show_default=False)] = None,
+        "--max-batch", min=1, help="Most sentences in one batch, or decoding at once in the "
+        "running batch (default: the run's decode.batch_size).", show_default=False)] = None,
     which: CheckpointOpt = "best",
     device: DeviceOpt = "auto",
     engine: EngineOpt = "mha",
     compile: CompileOpt = None,
 ) -> None:
     """Serve a JSON API (POST /translate, /explore; GET /health, /info, /stats; docs at /docs)
-    and the explore page in live mode at /. Concurrent requests are decoded in shared batches.
+    and the explore page in live mode at /. Plain greedy requests decode in a running batch
+    that sentences join and leave as they come and end (continuous batching, in a process of its
+    own); other concurrent requests are decoded in shared batches.
     SIGINT or SIGTERM: stop accepting, finish the requests in flight, exit 0. decode.compile
     auto compiles greedy decoding for a server (it decodes lines without end), in the
     background after the model loads: /health says warm once done."""
