@@ -48,6 +48,7 @@ class Stream:
         self.ready = self.broken = False
         self.futures: dict[int, asyncio.Future] = {}  # sentences sent, not yet answered
         self.held: list[tuple[int, list[int]]] = []  # waiting out the window
+        self.window_ends: asyncio.TimerHandle | None = None
         self.keys = itertools.count()
         self.counted = Counters()  # the process's counters, as last added to stats
         self.process = self.conn = None
@@ -105,7 +106,7 @@ class Stream:
         """Down the pipe, or held for the window when the batch is idle."""
         if self.window > 0 and items and (self.held or not self.sent):
             if not self.held:  # the first sentence for an idle batch: its window opens
-                asyncio.get_running_loop().call_later(self.window, self._flush)
+                self.window_ends = asyncio.get_running_loop().call_later(self.window, self._flush)
             self.held += items
             if len(self.held) >= self.spec.max_rows:
                 self._flush()
@@ -113,6 +114,9 @@ class Stream:
             self._take(items)
 
     def _flush(self) -> None:
+        if self.window_ends is not None:
+            self.window_ends.cancel()
+            self.window_ends = None
         held, self.held = self.held, []
         if held:
             self._take(held)
