@@ -95,7 +95,8 @@ class StaticGreedy:
 
     def _step(self, state: StaticState, eos: int, T: int) -> None:
         """One token for every row, at its position state.pos, attending to the cache's first T
-        slots (T: one past the furthest position a row writes); updates `state` in place."""
+        slots (T: one past the furthest position a row writes, at least 2, so that torch.compile
+        needs no graph of its own for a first step); updates `state` in place."""
         model, pos = self.model, state.pos
         x = model.tgt_embed(state.tokens) * model.scale + self.positions[pos]  # (B, D)
         x = x[:, None]  # (B, 1, D)
@@ -163,7 +164,7 @@ class StaticGreedy:
                             max_len_b=max_len_b)
         outputs: list[Hypothesis] = [Hypothesis(0.0, 0.0, [])] * src_ids.shape[0]
         for step in range(int(state.limits.max())):
-            self.step(state, eos, step + 1)
+            self.step(state, eos, max(step + 1, 2))  # 2 at first: no graph for 1 slot
             self.steps += 1
             finished = int(state.done.sum())
             if finished == 0:

@@ -94,7 +94,7 @@ class GreedyStream:
         state = self.state
         busy = [row for row, key in enumerate(self.keys) if key is not None]
         # the cache's slots up to the furthest position a sentence writes: no further is read
-        self.decoder.step(state, self.eos, max(self.written[row] for row in busy) + 1)
+        self.decoder.step(state, self.eos, max(max(self.written[row] for row in busy) + 1, 2))
         for row in busy:
             self.written[row] += 1
         done = state.done.tolist()
