@@ -121,7 +121,8 @@ def test_concurrent_requests_share_a_batch_and_each_gets_its_own_answer(tiny_run
     assert {key: stats[key] for key in counts} == {
         "requests": 17, "sentences": 17, "batches": 0, "largest_batch": 16, "joined": 1,
         "queued": 0, "pending": 0, "window": 10.0, "max_batch": 16}
-    assert stats["rows"] > 8 * stats["steps"] > 0 and stats["busy_seconds"] > 0
+    # rows: sentences decoding, summed over the steps; one at a time they would equal the steps
+    assert stats["rows"] > 2 * stats["steps"] > 0 and stats["busy_seconds"] > 0
     assert stop_server(server) == 0
 
 
