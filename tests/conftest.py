@@ -9,6 +9,7 @@ import gzip
 import importlib.util
 import os
 import shutil
+import signal
 from pathlib import Path
 
 import pytest
@@ -115,6 +116,20 @@ def _one_thread():
 
     with one_thread():
         yield
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _no_server_left():
+    """A test that fails before its stop_server leaves its `mha serve` running: killed when the
+    session ends (its decoding process then finds its pipe closed and exits)."""
+    yield
+    me = os.getpid()
+    for child in Path(f"/proc/{me}/task/{me}/children").read_text().split():
+        try:
+            if b"serve" in Path(f"/proc/{child}/cmdline").read_bytes():
+                os.kill(int(child), signal.SIGKILL)
+        except (FileNotFoundError, ProcessLookupError):  # it ended meanwhile
+            pass
 
 
 @pytest.fixture(scope="session")
